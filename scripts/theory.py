@@ -9,7 +9,6 @@ src/lora_one/theory/.
 import argparse
 import json
 import os
-import sys
 from pathlib import Path
 
 # The matrices are 100×100: BLAS threads only contend for the cores (10× slower on a busy machine).
@@ -19,7 +18,7 @@ for variable in ("OPENBLAS_NUM_THREADS", "OMP_NUM_THREADS", "MKL_NUM_THREADS"):
 from lora_one.theory import plot_all, run_theory, summary  # noqa: E402
 
 
-def main(argv=None) -> dict:
+def main(argv=None) -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--out", type=Path, required=True, help="output directory (created)")
     parser.add_argument("--seed", type=int, default=0, help="seed of the task, the inits and the data")
@@ -30,8 +29,7 @@ def main(argv=None) -> dict:
     figures = plot_all(results, args.out)
     print(summary(results))
     print(f"wrote {args.out / 'theory.json'}, " + ", ".join(str(f) for f in figures))
-    return results
 
 
 if __name__ == "__main__":
-    sys.exit(main() and 0)
+    main()
