@@ -23,18 +23,18 @@ from omegaconf import DictConfig, OmegaConf
 from torch.utils.data import DataLoader
 
 from lora_one import ConfigError
-from lora_one.checkpoint import PreemptionSignal, check_checkpoint_config, check_same_training, checkpoint_to_resume, \
-    load_checkpoint, read_run_info, redo_base_offset, run_dir_of, save_checkpoint, training_config
+from lora_one.checkpoint import check_checkpoint_config, check_same_training, checkpoint_to_resume, load_checkpoint, \
+    read_run_info, run_dir_of, save_checkpoint, training_config
 from lora_one.config import accumulation_steps, validate_config
 from lora_one.data import encode_rows, load_splits, make_batches, make_collator
 from lora_one.eval import run_evaluators
-from lora_one.init import gradient_init, save_init_artifacts
-from lora_one.init.gradient_init import save_initial_adapter
+from lora_one.init import METHODS, InitMethod, init_method, redo_base_offset, save_init_artifacts, save_initial_adapter
 from lora_one.models import add_lora_adapters, load_model, load_tokenizer
 from lora_one.profiling import measure
 from lora_one.tracking import Tracker, check_tracking_config, sweep_group
 from lora_one.train import build_optimizer, build_scheduler, evaluate_loss, train
 from lora_one.train.loop import TrainState
+from lora_one.train.preemption import PreemptionSignal
 
 log = logging.getLogger("run_exp")
 
@@ -47,41 +47,42 @@ def write_json(path: str, payload: dict) -> None:
     os.replace(tmp, path)
 
 
-def init_adapters(cfg: DictConfig, model, eval_loader, init_batches, accelerator: Accelerator, init_dir: str,
-                  base_moved: bool):
-    """Wrap with adapters and initialise them: PEFT's own init (default/gaussian/PiSSA) while wrapping,
-    then the one-step full-gradient init (LoRA-One, LoRA-GA); the time and memory cover both, so all
+def init_adapters(cfg: DictConfig, method: InitMethod, model, eval_loader, init_batches, accelerator: Accelerator,
+                  init_dir: str):
+    """Wrap with adapters and initialise them: PEFT's own inits (LoRA, gaussian, PiSSA) while wrapping,
+    the data-driven ones (LoRA-One, LoRA-GA, EVA) right after; the time and memory cover both, so all
     methods compare fairly. Returns the model and what results.json reports about the init."""
     eval_loss_base = evaluate_loss(model, eval_loader, accelerator)
-    grads, layer_stats = None, {}
     with measure(accelerator.device) as init_usage:
-        model = add_lora_adapters(model, cfg.peft, cfg.init, cfg.model.type)
-        if cfg.init.name == "gradient":
-            grads, layer_stats = gradient_init(model, cfg.init, init_batches, accelerator)
-    log.info("init %s: %.2f s, peak %.0f MB", cfg.init.name, init_usage.seconds, init_usage.peak_mem_mb)
+        model = add_lora_adapters(model, cfg.peft, cfg.model.type, method, cfg.init)
+        report = method.initialise(model, cfg.init, init_batches, accelerator, cfg.model.type == "seq2seq")
+    log.info("init %s: %.2f s, peak %.0f MB", method.name, init_usage.seconds, init_usage.peak_mem_mb)
     eval_loss_init = evaluate_loss(model, eval_loader, accelerator)
     log.info("eval loss: base %.4f → after init %.4f", eval_loss_base, eval_loss_init)
     if accelerator.is_main_process:
         if cfg.init.save_artifacts:
-            save_init_artifacts(init_dir, grads, init_batches or [], model)
-        elif base_moved:  # needed to export the trained adapter against the original base, and to resume
+            save_init_artifacts(init_dir, report.gradients, init_batches or [], model)
+        elif method.moves_base:  # needed to export the trained adapter against the original base, and to resume
             save_initial_adapter(model, os.path.join(init_dir, "adapter"))
-    return model, {"init_time_s": init_usage.seconds, "init_peak_mem_mb": init_usage.peak_mem_mb,
-                   "init_layers": layer_stats, "eval_loss_base": eval_loss_base, "eval_loss_after_init": eval_loss_init}
+    rank_pattern = dict(model.peft_config["default"].rank_pattern)  # per-layer ranks an init chose (EVA, rho > 1)
+    return model, {"init_method": method.name, "init_time_s": init_usage.seconds, "init_peak_mem_mb": init_usage.peak_mem_mb,
+                   "init_layers": report.layer_stats, "rank_pattern": rank_pattern,
+                   "eval_loss_base": eval_loss_base, "eval_loss_after_init": eval_loss_init}
 
 
-def rebuild_adapters(cfg: DictConfig, model, checkpoint: str, accelerator: Accelerator, init_dir: str, base_moved: bool):
+def rebuild_adapters(cfg: DictConfig, method: InitMethod, model, checkpoint: str, accelerator: Accelerator, init_dir: str):
     """Wrap with adapters for a resumed run, skipping the init: the adapter values come from the
     checkpoint (so PEFT's plain init suffices, no PiSSA SVD); an init that moved the base is redone
     from the initial adapter. Returns the model and the init report saved with the checkpoint."""
-    model = add_lora_adapters(model, cfg.peft, OmegaConf.create({"name": "default"}), cfg.model.type)
-    if base_moved:
+    run_info = read_run_info(checkpoint)
+    model = add_lora_adapters(model, cfg.peft, cfg.model.type, METHODS["LoRA"], cfg.init, run_info.get("rank_pattern"))
+    if method.moves_base:
         initial = os.path.join(run_dir_of(checkpoint), "init", "adapter")
         redo_base_offset(model, initial)
         if accelerator.is_main_process and os.path.abspath(initial) != os.path.abspath(os.path.join(init_dir, "adapter")):
             shutil.copytree(initial, os.path.join(init_dir, "adapter"), dirs_exist_ok=True)
     log.info("resuming from %s: init skipped", checkpoint)
-    return model, read_run_info(checkpoint)
+    return model, run_info
 
 
 def run(cfg: DictConfig, out_dir: str, wandb_group: str | None = None) -> dict:
@@ -107,21 +108,21 @@ def run(cfg: DictConfig, out_dir: str, wandb_group: str | None = None) -> dict:
     eval_set = encode_rows(tokenizer, eval_examples, cfg.model.max_length, seq2seq)
     collate = make_collator(tokenizer)
     eval_loader = accelerator.prepare(DataLoader(eval_set, batch_size=cfg.model.per_device_batch_size, collate_fn=collate))
+    method = init_method(cfg.init)
     init_batches = None
-    if cfg.init.name == "gradient":
+    if method.needs_batches:
         init_set = train_set if cfg.init.max_length == cfg.model.max_length else \
             encode_rows(tokenizer, train_examples, cfg.init.max_length, seq2seq)
         init_batches = make_batches(tokenizer, init_set, cfg.init.bsz, cfg.init.iters)
 
     # --- base model with adapters: initialised (first launch) or rebuilt to resume from a checkpoint
     model = load_model(cfg.model, tokenizer, cfg.cache_dir).to(accelerator.device)
-    base_moved = cfg.init.name == "pissa" or (cfg.init.name == "gradient" and cfg.init.direction == "LoRA-GA")
     init_dir = os.path.join(out_dir, "init")
     if resume_from is None:
-        model, run_info = init_adapters(cfg, model, eval_loader, init_batches, accelerator, init_dir, base_moved)
+        model, run_info = init_adapters(cfg, method, model, eval_loader, init_batches, accelerator, init_dir)
         tracker.log_init(run_info["init_layers"], run_info["init_time_s"], run_info["init_peak_mem_mb"])
     else:
-        model, run_info = rebuild_adapters(cfg, model, resume_from, accelerator, init_dir, base_moved)
+        model, run_info = rebuild_adapters(cfg, method, model, resume_from, accelerator, init_dir)
 
     # --- training, with a checkpoint every `checkpoint.every_n_steps`, at the end, and on a preemption signal
     shuffle = torch.Generator().manual_seed(cfg.seed)
@@ -158,7 +159,7 @@ def run(cfg: DictConfig, out_dir: str, wandb_group: str | None = None) -> dict:
     # --- save: the adapter (PEFT format, always against the original base) and the merged model
     peft_model = accelerator.unwrap_model(model)
     if accelerator.is_main_process:
-        conversion = os.path.join(init_dir, "adapter") if base_moved else None
+        conversion = os.path.join(init_dir, "adapter") if method.moves_base else None
         peft_model.save_pretrained(os.path.join(out_dir, "adapter"), path_initial_model_for_weight_conversion=conversion)
         if cfg.model.saving:
             merged = peft_model.merge_and_unload()

@@ -9,8 +9,10 @@ from accelerate.utils import set_seed
 
 from conftest import TINY, compose_config
 from lora_one.data import encode_rows, load_splits, make_batches
-from lora_one.init import gradient_init
-from lora_one.init.spectral import lora_ga_factors, lora_one_factors, scale_factors, top_singular_triplets
+from lora_one.init import init_method
+from lora_one.init.lora_ga import lora_ga_factors
+from lora_one.init.lora_one import lora_one_factors
+from lora_one.init.spectral import scale_factors, top_singular_triplets
 from lora_one.models import add_lora_adapters, load_model, load_tokenizer, lora_layers
 from lora_one.models.adapters import ADAPTER
 
@@ -25,8 +27,14 @@ def build(overrides):
     batches = make_batches(tokenizer, encoded, cfg.init.bsz, cfg.init.iters)
     base = load_model(cfg.model, tokenizer, cfg.cache_dir)
     reference_base = copy.deepcopy(base)
-    model = add_lora_adapters(base, cfg.peft, cfg.init, cfg.model.type)
+    model = add_lora_adapters(base, cfg.peft, cfg.model.type, init_method(cfg.init), cfg.init)
     return cfg, model, reference_base, batches
+
+
+def gradient_init(model, init_cfg, batches, accelerator=None):
+    """Run the configured init on the wrapped model: (G per layer if kept, per-layer statistics)."""
+    report = init_method(init_cfg).initialise(model, init_cfg, batches, accelerator or Accelerator(cpu=True), False)
+    return report.gradients, report.layer_stats
 
 
 def autograd_reference(base, batches, names):
@@ -45,8 +53,9 @@ def rank_r(G: torch.Tensor, r: int) -> torch.Tensor:
 
 @pytest.fixture(scope="module")
 def lora_one_run():
-    cfg, model, base, batches = build(["peft=all", "init.iters=3"])
-    grads, stats = gradient_init(model, cfg.init, batches, Accelerator(cpu=True))
+    # the default streaming estimator, keeping a copy of each G as it is completed
+    cfg, model, base, batches = build(["peft=all", "init.iters=3", "init.save_artifacts=true"])
+    grads, stats = gradient_init(model, cfg.init, batches)
     return cfg, model, base, batches, grads, stats
 
 
@@ -89,7 +98,7 @@ def test_lora_ga_leaves_model_output_unchanged():
     cfg, model, base, batches = build(["peft=qv", "init.direction=LoRA-GA", "peft.lora_r=4"])
     with torch.no_grad():
         before = base.eval()(**batches[0]).logits
-    gradient_init(model, cfg.init, batches, Accelerator(cpu=True))
+    gradient_init(model, cfg.init, batches)
     with torch.no_grad():
         after = model.eval()(**batches[0]).logits
     torch.testing.assert_close(after, before, rtol=1e-4, atol=1e-4)
@@ -108,9 +117,9 @@ def test_factor_closed_forms_on_a_random_matrix():
     # LoRA-One, unit scale: B A = −[G]_r / σ₁; gd scale divides each factor by s.
     B, A = lora_one_factors(U, S, Vh, r)
     torch.testing.assert_close((B @ A).double(), -rank_r(G, r) / S[0].item(), rtol=1e-4, atol=1e-5)
-    Bg, Ag = scale_factors(B, A, "LoRA-One", "gd", gamma, s)
+    Bg, Ag = scale_factors(B, A, "gd", gamma**-0.5, s)
     torch.testing.assert_close((Bg @ Ag).double(), -rank_r(G, r) / (S[0].item() * s**2), rtol=1e-4, atol=1e-5)
-    Bs, As = scale_factors(B, A, "LoRA-One", "stable", gamma, s)
+    Bs, As = scale_factors(B, A, "stable", gamma**-0.5, s)
     torch.testing.assert_close((Bs @ As).double(), -rank_r(G, r) / (S[0].item() * gamma), rtol=1e-4, atol=1e-5)
     # LoRA-GA: A₀ spans the top-r right singular vectors, B₀ the left ones r..2r.
     B, A = lora_ga_factors(U, S, Vh, r)

@@ -21,10 +21,9 @@ import run_exp
 from conftest import ROOT, TINY, compose_config, run_experiment
 from lora_one import ConfigError
 from lora_one.checkpoint import check_same_training, checkpoint_to_resume, latest_checkpoint, load_checkpoint, \
-    redo_base_offset, save_checkpoint, training_config
+    save_checkpoint, training_config
 from lora_one.data import encode_rows, load_splits, make_batches
-from lora_one.init import gradient_init
-from lora_one.init.gradient_init import save_initial_adapter
+from lora_one.init import METHODS, init_method, redo_base_offset, save_initial_adapter
 from lora_one.models import add_lora_adapters, load_model, load_tokenizer
 from lora_one.train import train
 
@@ -112,10 +111,11 @@ def test_lora_ga_base_offset_is_redone_from_the_initial_adapter(tmp_path):
         torch.manual_seed(0)
         return load_model(cfg.model, tokenizer, cfg.cache_dir)
 
-    initialised = add_lora_adapters(base(), cfg.peft, cfg.init, "causal")
-    gradient_init(initialised, cfg.init, batches, Accelerator(cpu=True))
+    method = init_method(cfg.init)
+    initialised = add_lora_adapters(base(), cfg.peft, "causal", method, cfg.init)
+    method.initialise(initialised, cfg.init, batches, Accelerator(cpu=True), seq2seq=False)
     save_initial_adapter(initialised, str(tmp_path / "adapter"))
-    rebuilt = add_lora_adapters(base(), cfg.peft, compose_config(TINY + ["init=default"]).init, "causal")
+    rebuilt = add_lora_adapters(base(), cfg.peft, "causal", METHODS["LoRA"], cfg.init)
     redo_base_offset(rebuilt, str(tmp_path / "adapter"))
     expected, got = initialised.state_dict(), rebuilt.state_dict()
     moved = [k for k in expected if "q_proj.base_layer.weight" in k]

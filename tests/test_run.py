@@ -109,7 +109,7 @@ def bad_jsonl(tmp_path):
     (["init.stable_gamma=-4"], "init.stable_gamma must be > 0"),
     (["optim=scaled_adamw", "optim.prec_reg=-1"], "optim.prec_reg must be ≥ 0"),
     (["peft.lora_r=100"], r"peft.lora_r=100 is too large for model.layers.0"),
-    (["init.direction=LoRA-GA", "peft.lora_r=40"], "LoRA-GA needs 2r"),
+    (["init.direction=LoRA-GA", "peft.lora_r=40"], "LoRA-GA needs 80"),
     (["peft.target_modules=[no_such_proj]"], r"matches no linear layer"),
     (["model.path=/no/such/model"], "model.path '/no/such/model' does not exist"),
     (["dataset=gsm8k", "dataset.path=/no/such.jsonl"], "dataset.path '/no/such.jsonl' does not exist"),

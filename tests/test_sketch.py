@@ -10,12 +10,11 @@ from accelerate import Accelerator
 from conftest import TINY, compose_config, run_experiment
 from lora_one import ConfigError
 from lora_one.config import validate_config
-from lora_one.init import gradient_init
 from lora_one.init.estimators import sketched_gradient
 from lora_one.init.sketch import GradientSketch
 from lora_one.models import lora_layers
 from lora_one.models.adapters import ADAPTER
-from test_init import autograd_reference, build, rank_r
+from test_init import autograd_reference, build, gradient_init, rank_r
 
 TOKENS_PER_BATCH = 5  # two micro-batches → rank G ≤ 10 < k = r + oversampling = 12 ≤ every layer's smaller side
 SKETCH = ["peft=all", "peft.lora_r=4", "init.estimator=sketch", "init.oversampling=8", "init.iters=2", "init.bsz=1"]

@@ -1,10 +1,10 @@
-"""Checkpoints to continue a run exactly after preemption, and the preemption signal itself.
+"""Checkpoints to continue a run exactly after preemption (the signal itself: train/preemption.py).
 
 A checkpoint, `<run dir>/checkpoints/step_<N>/`, holds what training changes: the trainable (adapter)
 weights, the optimizer and schedule, every process's RNG states and the data position (epoch, batches
 drawn, the shuffle generator's state when the epoch began), plus the run's history so far. The frozen
 base is rebuilt from the model config; an init that moved it (LoRA-GA, PiSSA: W_res = W₀ − s·B₀A₀) is
-redone from the initial adapter in `<run dir>/init/adapter`, so the base is never stored.
+redone from the initial adapter in `<run dir>/init/adapter` (init.redo_base_offset), so the base is never stored.
 It is written into a temporary directory renamed when complete: a `step_<N>` directory is never partial.
 """
 import json
@@ -12,20 +12,15 @@ import logging
 import os
 import random
 import shutil
-import signal
-import subprocess
-import sys
 
 import numpy as np
 import torch
 from accelerate import Accelerator
 from omegaconf import DictConfig, OmegaConf
-from peft import PeftModel, set_peft_model_state_dict
+from peft import PeftModel
 from safetensors.torch import load_file, save_file
 
 from lora_one import ConfigError
-from lora_one.init.gradient_init import write_factors
-from lora_one.models.adapters import ADAPTER, lora_layers
 from lora_one.train.loop import TrainState
 
 log = logging.getLogger(__name__)
@@ -166,52 +161,3 @@ def load_checkpoint(checkpoint: str, model, optimizer, scheduler, shuffle: torch
     shuffle.set_state(rng["epoch_shuffle"])
     fields = {k: v for k, v in saved.items() if k not in ("num_processes", "run_info", "config")}
     return TrainState(**fields, epoch_shuffle_state=rng["epoch_shuffle"])
-
-
-@torch.no_grad()
-def redo_base_offset(model: PeftModel, initial_adapter: str) -> None:
-    """Load the initial adapter (B₀, A₀) and set every adapted base weight to W₀ − s·B₀A₀, as the init
-    did (`write_factors`), for inits whose adapter starts non-zero with the base offset (LoRA-GA, PiSSA)."""
-    set_peft_model_state_dict(model, load_file(os.path.join(initial_adapter, "adapter_model.safetensors")))
-    for layer in lora_layers(model).values():
-        write_factors(layer, layer.lora_B[ADAPTER].weight.clone(), layer.lora_A[ADAPTER].weight.clone(),
-                      offset_base=True)
-
-
-class Preempted(Exception):
-    """Training stopped on a preemption signal, after writing a checkpoint."""
-
-
-class PreemptionSignal:
-    """Catches SIGUSR1, SIGUSR2 (submitit's and slurm's usual warning before the time limit) and SIGTERM,
-    so training can stop at the next step boundary with a checkpoint. `hand_over()` then passes the
-    signal on to the handler it replaced (submitit's: checkpoint its job and requeue), or, in a plain
-    sbatch job, requeues it with `scontrol requeue`."""
-
-    SIGNALS = (signal.SIGUSR1, signal.SIGUSR2, signal.SIGTERM)
-
-    def __init__(self):
-        self.received: int | None = None
-        self.previous = {sig: signal.signal(sig, self._catch) for sig in self.SIGNALS}
-
-    def _catch(self, signum, frame) -> None:
-        log.warning("caught %s: checkpoint at the next step, then stop", signal.Signals(signum).name)
-        self.received = signum
-
-    def requested(self) -> bool:
-        return self.received is not None
-
-    def restore(self) -> None:
-        for sig, handler in self.previous.items():
-            signal.signal(sig, handler)
-
-    def hand_over(self, main_process: bool) -> None:
-        """Pass the signal on, requeue (once, from the main process) and exit with 128 + its number."""
-        self.restore()
-        handler = self.previous.get(self.received)
-        if callable(handler):
-            handler(self.received, None)
-        elif main_process and os.environ.get("SLURM_JOB_ID"):
-            log.warning("requeueing slurm job %s", os.environ["SLURM_JOB_ID"])
-            subprocess.run(["scontrol", "requeue", os.environ["SLURM_JOB_ID"]], check=False)
-        sys.exit(128 + self.received)

@@ -1,18 +1,106 @@
-"""One-step full-gradient initialisation of a PEFT model's adapters (LoRA-One, LoRA-GA)."""
+"""What the one-step full-gradient inits (LoRA-One, LoRA-GA) share: estimate the top singular
+triplets of each target weight's gradient G at the pretrained weights, turn them into the
+method's factors, write them into the adapters; plus the artifacts that let a run be exported
+and resumed when the init moved the base weight."""
 import logging
 import os
 
 import torch
 from accelerate import Accelerator
 from omegaconf import DictConfig
-from peft import PeftModel
-from safetensors.torch import save_file
+from peft import PeftModel, set_peft_model_state_dict
+from safetensors.torch import load_file, save_file
+from tqdm.auto import tqdm
 
+from lora_one import ConfigError
 from lora_one.init.estimators import exact_full_gradient, sketched_gradient
-from lora_one.init.spectral import singular_directions_needed, spectral_factors, top_singular_triplets
+from lora_one.init.method import InitMethod, InitReport
+from lora_one.init.spectral import SCALES, SVD_METHODS, scale_factors, top_singular_triplets
+from lora_one.init.streaming import streaming_spectra
 from lora_one.models.adapters import ADAPTER, lora_layers
 
 log = logging.getLogger(__name__)
+
+ESTIMATORS = ("streaming", "exact", "sketch")
+
+
+class GradientInit(InitMethod):
+    """A spectral init from the one-step full gradient. Subclasses give `singular_directions`,
+    `factors(U, S, Vh, r)` → (B₀, A₀) before scaling, and the `stable` scale's `stable_factor(m, γ)`."""
+
+    needs_batches = True
+
+    def factors(self, U: torch.Tensor, S: torch.Tensor, Vh: torch.Tensor, r: int):
+        raise NotImplementedError
+
+    def stable_factor(self, m: int, gamma: float) -> float:
+        raise NotImplementedError
+
+    def check_config(self, cfg: DictConfig) -> None:
+        if cfg.scale not in SCALES:
+            raise ConfigError(f"init.scale '{cfg.scale}' is unknown; use one of {SCALES}")
+        if not cfg.stable_gamma > 0:
+            raise ConfigError(f"init.stable_gamma must be > 0 (got {cfg.stable_gamma})")
+        if cfg.bsz < 1 or cfg.iters < 1:
+            raise ConfigError(f"init.bsz and init.iters must be ≥ 1 (got {cfg.bsz}, {cfg.iters})")
+        if cfg.estimator not in ESTIMATORS:
+            raise ConfigError(f"init.estimator '{cfg.estimator}' is unknown; use one of {ESTIMATORS}")
+        if cfg.oversampling < 0:
+            raise ConfigError(f"init.oversampling must be ≥ 0 (got {cfg.oversampling})")
+        if cfg.svd not in SVD_METHODS:
+            raise ConfigError(f"init.svd '{cfg.svd}' is unknown; use one of {SVD_METHODS}")
+        if cfg.checkpointing not in ("auto", True, False):
+            raise ConfigError(f"init.checkpointing must be auto, true or false (got {cfg.checkpointing})")
+
+    def initialise(self, model, cfg, batches, accelerator, seq2seq) -> InitReport:
+        needed = {name: self.singular_directions(layer.r[ADAPTER]) for name, layer in lora_layers(model).items()}
+        grads, spectra = gradient_spectra(model, cfg, batches, accelerator, needed, seq2seq)
+        stats = {}
+        for name, layer in tqdm(lora_layers(model).items(), desc="writing adapters", disable=not accelerator.is_main_process):
+            r = layer.r[ADAPTER]
+            U, S, Vh, frobenius_sq = spectra[name]
+            B, A = scale_factors(*self.factors(U, S, Vh, r), cfg.scale, self.stable_factor(U.shape[0], cfg.stable_gamma),
+                                 layer.scaling[ADAPTER])
+            write_factors(layer, B, A, offset_base=self.moves_base)
+            stats[name] = spectrum_stats(S, r, frobenius_sq)
+        return InitReport(layer_stats=stats, gradients=grads)
+
+
+def spectrum_stats(S: torch.Tensor, r: int, frobenius_sq: float) -> dict:
+    """σ₁, σ_r/σ₁ and the share of ‖G‖²_F in G's top-r directions."""
+    return {"sigma1": S[0].item(), "sigma_r_over_sigma1": (S[r - 1] / S[0]).item(),
+            "top_r_energy": min(1.0, S[:r].square().sum().item() / max(frobenius_sq, 1e-30))}
+
+
+def gradient_spectra(model: PeftModel, cfg: DictConfig, batches: list[dict], accelerator: Accelerator,
+                     needed: dict[str, int], seq2seq: bool):
+    """(G per layer or None, {layer: (U, S, Vh, ‖G‖²_F)}) with the `needed[layer]` top singular triplets.
+
+    streaming: one backward, each G factorised (`svd`) the moment it is complete and freed; with
+               `save_artifacts` a CPU copy of each G is kept for init/gradients.safetensors.
+    exact:     every G accumulated first, then factorised (the reference; one m×n buffer per layer).
+    sketch:    G never formed: single-pass randomized SVD of two thin sketches (approximate)."""
+    if cfg.estimator == "sketch":
+        sketches = sketched_gradient(model, batches, accelerator, needed, cfg.oversampling, cfg.sketch_seed)
+        return None, {name: (*s.top_singular_triplets(needed[name]), s.frobenius_sq()) for name, s in sketches.items()}
+
+    def factorise(name, G):
+        return (*top_singular_triplets(G, needed[name], cfg.svd, cfg.svd_q, cfg.svd_niter), G.square().sum().item())
+
+    if cfg.estimator == "exact":
+        grads = exact_full_gradient(model, batches, accelerator)
+        progress = tqdm(grads.items(), desc="factorising G", disable=not accelerator.is_main_process)
+        return grads, {name: factorise(name, G) for name, G in progress}
+    kept = {} if cfg.save_artifacts else None
+
+    def factorise_and_keep(name, G):
+        if kept is not None:
+            kept[name] = G.cpu()
+        return factorise(name, G)
+
+    checkpointing = {"auto": len(batches) > accelerator.num_processes, True: True, False: False}[cfg.checkpointing]
+    spectra = streaming_spectra(model, batches, accelerator, factorise_and_keep, seq2seq, checkpointing)
+    return kept, spectra
 
 
 @torch.no_grad()
@@ -28,43 +116,14 @@ def write_factors(layer, B: torch.Tensor, A: torch.Tensor, offset_base: bool) ->
         weight.copy_((weight.float() - offset).to(weight.dtype))
 
 
-def layer_spectra(model: PeftModel, cfg: DictConfig, batches: list[dict], accelerator: Accelerator):
-    """(G per layer or None, {layer: (U, S, Vh, ‖G‖²_F)}) with the top singular triplets each direction
-    needs. `exact` forms G and factorises it (`svd`: full, or lowrank with svd_q, svd_niter); `sketch`
-    never forms G, so it returns None and an unbiased estimate of ‖G‖²_F."""
-    needed = {name: singular_directions_needed(layer.r[ADAPTER], cfg.direction)
-              for name, layer in lora_layers(model).items()}
-    if cfg.estimator == "sketch":
-        sketches = sketched_gradient(model, batches, accelerator, needed, cfg.oversampling, cfg.sketch_seed)
-        return None, {name: (*s.top_singular_triplets(needed[name]), s.frobenius_sq()) for name, s in sketches.items()}
-    grads = exact_full_gradient(model, batches, accelerator)
-    spectra = {name: (*top_singular_triplets(G, needed[name], cfg.svd, cfg.svd_q, cfg.svd_niter),
-                      G.square().sum().item()) for name, G in grads.items()}
-    return grads, spectra
-
-
-def gradient_init(model: PeftModel, cfg: DictConfig, batches: list[dict], accelerator: Accelerator):
-    """Estimate G on `batches` (cfg.estimator), then set every adapter from its top singular triplets.
-    Returns (G per layer, or None for the sketch estimator, per-layer statistics: σ₁, σ_r/σ₁ and the
-    share of ‖G‖²_F in the top-r directions, estimated from the sketches for `sketch`)."""
-    grads, spectra = layer_spectra(model, cfg, batches, accelerator)
-    return grads, apply_spectra(model, cfg, spectra)
-
-
-def apply_spectra(model: PeftModel, cfg: DictConfig, spectra: dict) -> dict[str, dict]:
-    """Write every adapter from its layer's (U, S, Vh, ‖G‖²_F); returns the per-layer statistics."""
-    stats = {}
-    for name, layer in lora_layers(model).items():
-        r = layer.r[ADAPTER]
-        U, S, Vh, frobenius_sq = spectra[name]
-        B, A = spectral_factors(U, S, Vh, r, cfg.direction, cfg.scale, cfg.stable_gamma, layer.scaling[ADAPTER])
-        write_factors(layer, B, A, offset_base=cfg.direction == "LoRA-GA")
-        stats[name] = {
-            "sigma1": S[0].item(),
-            "sigma_r_over_sigma1": (S[r - 1] / S[0]).item(),
-            "top_r_energy": min(1.0, S[:r].square().sum().item() / max(frobenius_sq, 1e-30)),
-        }
-    return stats
+@torch.no_grad()
+def redo_base_offset(model: PeftModel, initial_adapter: str) -> None:
+    """Load the initial adapter (B₀, A₀) and set every adapted base weight to W₀ − s·B₀A₀, as the init
+    did (`write_factors`): rebuilds, for a resumed run, the base of an init that moved it (LoRA-GA, PiSSA)."""
+    set_peft_model_state_dict(model, load_file(os.path.join(initial_adapter, "adapter_model.safetensors")))
+    for layer in lora_layers(model).values():
+        write_factors(layer, layer.lora_B[ADAPTER].weight.clone(), layer.lora_A[ADAPTER].weight.clone(),
+                      offset_base=True)
 
 
 def save_init_artifacts(out_dir: str, grads: dict[str, torch.Tensor] | None, batches: list[dict], model: PeftModel) -> None:
@@ -73,7 +132,7 @@ def save_init_artifacts(out_dir: str, grads: dict[str, torch.Tensor] | None, bat
     (`grads` is None): then only the batches and the adapter are written."""
     os.makedirs(out_dir, exist_ok=True)
     if grads is None:
-        log.warning("init.estimator=sketch never forms G: writing the batches and the adapter, no gradients.safetensors")
+        log.warning("this init formed no G to keep: writing the batches and the adapter, no gradients.safetensors")
     else:
         save_file({k: v.contiguous().cpu() for k, v in grads.items()}, os.path.join(out_dir, "gradients.safetensors"))
     torch.save(batches, os.path.join(out_dir, "batches.pt"))

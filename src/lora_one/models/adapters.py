@@ -22,31 +22,23 @@ def matched_linear_layers(model: PreTrainedModel, target_modules) -> dict[str, n
     return {n: m for n, m in model.named_modules() if isinstance(m, nn.Linear) and check_target_module_exists(probe, n)}
 
 
-def peft_init_mode(init_cfg: DictConfig):
-    """PEFT's `init_lora_weights` for the chosen init; gradient-based inits start from PEFT's default
-    (B = 0) and overwrite the factors afterwards."""
-    if init_cfg.name == "gaussian":
-        return "gaussian"
-    if init_cfg.name == "pissa":
-        return f"pissa_niter_{init_cfg.niter}" if init_cfg.niter else "pissa"
-    return True
-
-
-def add_lora_adapters(model: PreTrainedModel, peft_cfg: DictConfig, init_cfg: DictConfig, model_type: str) -> PeftModel:
-    """Validate `peft_cfg` against the model, then `get_peft_model`. Each problem is one ConfigError."""
+def add_lora_adapters(model: PreTrainedModel, peft_cfg: DictConfig, model_type: str, method, init_cfg: DictConfig,
+                      rank_pattern: dict | None = None) -> PeftModel:
+    """Validate `peft_cfg` against the model, then `get_peft_model` with the init `method`'s LoraConfig
+    settings (lora_one.init.InitMethod). `rank_pattern` restores per-layer ranks an init chose (EVA
+    with rho > 1) when a run is resumed. Each problem is one ConfigError."""
     targets = peft_cfg.target_modules
     targets = targets if isinstance(targets, str) else list(OmegaConf.to_container(targets))
     layers = matched_linear_layers(model, targets)
     if not layers:
         raise ConfigError(f"peft.target_modules={targets} matches no linear layer of the model")
     rank = int(peft_cfg.lora_r)
-    # LoRA-GA takes singular vectors r..2r of the gradient, so it needs twice the room.
-    needed = 2 * rank if init_cfg.name == "gradient" and init_cfg.direction == "LoRA-GA" else rank
+    needed = max(rank, method.singular_directions(rank))  # LoRA-GA takes singular vectors r..2r of G
     for name, layer in layers.items():
         if needed > min(layer.in_features, layer.out_features):
             raise ConfigError(
                 f"peft.lora_r={rank} is too large for {name} ({layer.out_features}×{layer.in_features})"
-                + (" : LoRA-GA needs 2r ≤ the smaller side" if needed != rank else "")
+                + (f" : {method.name} needs {needed} ≤ the smaller side" if needed != rank else "")
             )
     config = LoraConfig(
         r=rank,
@@ -54,8 +46,9 @@ def add_lora_adapters(model: PreTrainedModel, peft_cfg: DictConfig, init_cfg: Di
         lora_dropout=peft_cfg.lora_dropout,
         use_rslora=peft_cfg.use_rslora,
         target_modules=targets,
-        init_lora_weights=peft_init_mode(init_cfg),
         task_type=TASK_TYPES[model_type],
+        rank_pattern=rank_pattern or {},
+        **method.lora_config_kwargs(init_cfg),
     )
     return get_peft_model(model, config)
 
