@@ -1,5 +1,6 @@
-"""Batched generation equals one prompt at a time; the batch plan does not depend on the number of
-processes; the eval group composes as a list and runs after training into results.json."""
+"""Batched generation equals one prompt at a time and transformers' own generate, for a causal and an
+encoder-decoder model, through every generating evaluator; the batch plan does not depend on the
+number of processes; the eval group composes as a list and runs after training into results.json."""
 import json
 import subprocess
 import sys
@@ -9,6 +10,7 @@ import torch
 from accelerate import Accelerator
 
 from conftest import ROOT, TINY, compose_config, run_experiment
+from lora_one.eval import BENCHMARKS, run_benchmark
 from lora_one.eval.generation import Decoding, generate, plan_batches, truncate_at_stop
 from lora_one.models import load_model, load_tokenizer
 
@@ -16,24 +18,52 @@ PROMPTS = ["Q: 2 + 2 =", "A much longer prompt about ducks, eggs and a farmers' 
            "Below is an instruction.\n\n### Response:\n", "x"]
 
 
-def tiny_model():
-    cfg = compose_config(TINY)
+ARCHITECTURES = ["tiny_llama", "tiny_t5"]  # a causal and an encoder-decoder model
+
+
+def tiny_model(option: str = "tiny_llama"):
+    cfg = compose_config(TINY + [f"model={option}"])
     torch.manual_seed(0)
     tokenizer = load_tokenizer(cfg.model, cfg.cache_dir)
-    return load_model(cfg.model, tokenizer, cfg.cache_dir), tokenizer
+    return load_model(cfg.model, tokenizer, cfg.cache_dir).eval(), tokenizer
 
 
-def test_batched_greedy_generation_equals_one_prompt_at_a_time():
-    model, tokenizer = tiny_model()
+def greedy_reference(model, tokenizer, prompt: str, max_new_tokens: int) -> str:
+    """One unpadded prompt through transformers' own generate; a causal model's output repeats the prompt."""
+    output = model.generate(**tokenizer(prompt, return_tensors="pt"), max_new_tokens=max_new_tokens, do_sample=False,
+                            pad_token_id=tokenizer.pad_token_id)[0]
+    new = output if model.config.is_encoder_decoder else output[len(tokenizer(prompt)["input_ids"]):]
+    return tokenizer.decode(new, skip_special_tokens=True)
+
+
+@pytest.mark.parametrize("option", ARCHITECTURES)
+def test_batched_greedy_generation_equals_one_prompt_at_a_time(option):
+    model, tokenizer = tiny_model(option)
     decoding = Decoding(max_new_tokens=12)
     accelerator = Accelerator(cpu=True)
     one_by_one = generate(model, tokenizer, PROMPTS, decoding, 1, accelerator)
     batched = generate(model, tokenizer, PROMPTS, decoding, 3, accelerator)
     assert batched == one_by_one
-    assert all(len(outs) == 1 and outs[0] for outs in batched)
-    reference = model.generate(**tokenizer(PROMPTS[1], return_tensors="pt"), max_new_tokens=12, do_sample=False,
-                               pad_token_id=tokenizer.pad_token_id)
-    assert batched[1][0] == tokenizer.decode(reference[0, len(tokenizer(PROMPTS[1])["input_ids"]):], skip_special_tokens=True)
+    assert all(len(outs) == 1 for outs in batched) and sum(bool(outs[0]) for outs in batched) >= 4
+    assert [outs[0] for outs in batched] == [greedy_reference(model, tokenizer, p, 12) for p in PROMPTS]
+
+
+@pytest.mark.parametrize("option", ARCHITECTURES)
+@pytest.mark.parametrize("task", ["gsm8k", "commonsense", "humaneval"])
+def test_generating_evaluators_run_on_both_architectures(shared_data, tmp_path, task, option):
+    """Each record's completion is the model's own greedy continuation of the record's prompt, cut at the stop strings."""
+    model, tokenizer = tiny_model(option)
+    options = {"gsm8k": [f"eval.gsm8k.path={shared_data / 'gsm8k' / 'test.jsonl'}"],
+               "commonsense": [f"eval.commonsense.data_dir={shared_data / 'commonsense'}", "eval.commonsense.tasks=[boolq]"],
+               "humaneval": []}[task]
+    cfg = compose_config([f"eval={task}", f"eval.{task}.limit=3", f"eval.{task}.max_new_tokens=8",
+                          f"eval.{task}.batch_size=2"] + options).eval[task]
+    metrics = run_benchmark(task, cfg, str(tmp_path), model, tokenizer, Accelerator(cpu=True))
+    records = [json.loads(line) for line in open(tmp_path / f"{task}_predictions.jsonl")]
+    assert len(records) == 3 and metrics
+    stop = BENCHMARKS[task].STOP
+    for record in records:
+        assert record["completion"] == truncate_at_stop(greedy_reference(model, tokenizer, record["prompt"], 8), stop)
 
 
 def test_seeded_sampling_gives_several_reproducible_samples():

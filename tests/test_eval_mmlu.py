@@ -1,5 +1,5 @@
 """MMLU: the csv-layout loader on a tiny hand-written set, 0/5-shot prompts, and the logit scoring
-against a softmax computed by hand from one unpadded forward pass of tiny_llama."""
+against a softmax computed by hand from one unpadded forward pass of tiny_llama and of tiny_t5."""
 import csv
 import json
 import math
@@ -8,10 +8,10 @@ import pytest
 import torch
 from accelerate import Accelerator
 
-from conftest import TINY, compose_config
+from conftest import compose_config
 from lora_one import ConfigError
 from lora_one.eval import mmlu, run_benchmark
-from lora_one.models import load_model, load_tokenizer
+from test_eval_generation import ARCHITECTURES, tiny_model
 
 SUBJECTS = {"abstract_algebra": "STEM", "virology": "other"}
 
@@ -61,19 +61,26 @@ def test_bad_csv_row_is_named(tmp_path):
         mmlu.load_items(mmlu_config(data, shots=0))
 
 
-def test_logit_scores_match_a_hand_computed_softmax(tmp_path):
+def first_answer_logits(model, tokenizer, prompt: str) -> list[float]:
+    """One unpadded prompt: the last position's logits (causal), or the decoder's first step's (T5)."""
+    inputs = tokenizer(prompt, return_tensors="pt")
+    with torch.no_grad():
+        if not model.config.is_encoder_decoder:
+            return model(**inputs).logits[0, -1].tolist()
+        start = torch.tensor([[model.config.decoder_start_token_id]])
+        return model(**inputs, decoder_input_ids=start).logits[0, 0].tolist()
+
+
+@pytest.mark.parametrize("option", ARCHITECTURES)
+def test_logit_scores_match_a_hand_computed_softmax(tmp_path, option):
     data = write_csv_set(tmp_path / "mmlu")
-    cfg = compose_config(TINY)
-    torch.manual_seed(0)
-    tokenizer = load_tokenizer(cfg.model, cfg.cache_dir)
-    model = load_model(cfg.model, tokenizer, cfg.cache_dir).eval()
+    model, tokenizer = tiny_model(option)
     task = mmlu_config(data, shots=1, batch_size=4)  # batches mix lengths: left padding must not matter
     metrics = run_benchmark("mmlu", task, str(tmp_path / "out"), model, tokenizer, Accelerator(cpu=True))
     records = [json.loads(line) for line in open(tmp_path / "out" / "mmlu_predictions.jsonl")]
     letter_ids = [tokenizer(f" {letter}", add_special_tokens=False)["input_ids"][0] for letter in "ABCD"]
     for record in records:
-        with torch.no_grad():
-            logits = model(**tokenizer(record["prompt"], return_tensors="pt")).logits[0, -1].tolist()
+        logits = first_answer_logits(model, tokenizer, record["prompt"])
         exps = [math.exp(logits[i]) for i in letter_ids]
         expected = {letter: e / sum(exps) for letter, e in zip("ABCD", exps)}
         assert record["probs"] == pytest.approx(expected, abs=1e-5)

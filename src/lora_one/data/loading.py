@@ -7,6 +7,7 @@ import random
 from omegaconf import DictConfig
 
 from lora_one import ConfigError
+from lora_one.data.glue import glue_file, read_glue_tsv
 from lora_one.data.templates import TEMPLATES, build_prompt
 from lora_one.data.toy_math import generate_toy_math
 
@@ -21,6 +22,9 @@ def load_raw_rows(cfg: DictConfig, seed: int) -> tuple[list[dict], str]:
         path = os.path.expanduser(str(cfg.path))
         if not os.path.exists(path):
             raise ConfigError(f"dataset.path '{cfg.path}' does not exist")
+        if os.path.isdir(path) or path.endswith(".tsv"):  # a GLUE task folder (its train.tsv) or TSV file
+            train_file = glue_file(path, "train.tsv")
+            return read_glue_tsv(cfg.name, train_file), train_file
         ext = os.path.splitext(path)[1].lower()
         if ext not in LOCAL_FORMATS:
             raise ConfigError(f"dataset.path '{cfg.path}': unsupported extension {ext!r}; use one of {sorted(LOCAL_FORMATS)}")

@@ -1,4 +1,4 @@
-"""Benchmarks of a trained model: GSM8K, HumanEval (sandboxed), commonsense reasoning, MMLU.
+"""Benchmarks of a trained model: GSM8K, HumanEval (sandboxed), commonsense reasoning, MMLU, GLUE.
 Standalone through eval/*.py, or after training through the `eval` config group of run_exp.py."""
 from lora_one.eval.runner import BENCHMARKS, run_benchmark, run_evaluators
 

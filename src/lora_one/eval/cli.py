@@ -16,10 +16,13 @@ from hydra import compose, initialize_config_dir
 from omegaconf import DictConfig, OmegaConf
 
 from lora_one import ConfigError
-from lora_one.eval.runner import predictions_path, run_benchmark
+from lora_one.eval.runner import BENCHMARKS, output_name, predictions_path, run_benchmark
 from lora_one.models import load_model, load_tokenizer
 
 log = logging.getLogger(__name__)
+
+# Task options that follow the run's own config by interpolation (${seed}, ${dataset}): no CLI flag.
+FROM_RUN_CONFIG = ("seed", "dataset")
 
 
 def build_parser(task: str, defaults: DictConfig) -> argparse.ArgumentParser:
@@ -32,7 +35,7 @@ def build_parser(task: str, defaults: DictConfig) -> argparse.ArgumentParser:
     parser.add_argument("--output_dir", default=os.path.join("outputs", "eval", task), help="default: %(default)s")
     parser.add_argument("--seed", type=int, default=42, help="sampling seed (default: %(default)s)")
     for key, value in OmegaConf.to_container(defaults).items():
-        if key == "seed":
+        if key in FROM_RUN_CONFIG:
             continue
         parser.add_argument(f"--{key}", nargs="+" if isinstance(value, list) else None,
                             help=f"default: {value} (conf/eval/{task}.yaml)")
@@ -43,6 +46,8 @@ def compose_config(task: str, args: argparse.Namespace, conf_dir: str) -> DictCo
     """The run config with `eval=<task>` and the chosen model, the command line's values applied."""
     model_option = args.model if os.path.exists(os.path.join(conf_dir, "model", f"{args.model}.yaml")) else None
     overrides = [f"eval={task}", f"seed={args.seed}"] + ([f"model={model_option}"] if model_option else [])
+    cli_overrides = getattr(BENCHMARKS[task], "cli_overrides", None)  # e.g. glue: --task picks the dataset config
+    overrides += cli_overrides(args) if cli_overrides else []
     with initialize_config_dir(config_dir=os.path.abspath(conf_dir), version_base="1.3"):
         cfg = compose(config_name="config", overrides=overrides)
     if model_option is None:  # a path or hub id, read with the default model config's settings
@@ -50,7 +55,7 @@ def compose_config(task: str, args: argparse.Namespace, conf_dir: str) -> DictCo
     if args.dtype:
         cfg.model.dtype = args.dtype
     for key in cfg.eval[task]:
-        given = getattr(args, key, None) if key != "seed" else None  # the run's --seed, by interpolation
+        given = getattr(args, key, None) if key not in FROM_RUN_CONFIG else None  # e.g. the run's --seed
         if given is not None:  # typed as YAML would type it: 5 → int, null → None, /a/b → str
             cfg.eval[task][key] = [yaml.safe_load(v) for v in given] if isinstance(given, list) else yaml.safe_load(given)
     return cfg
@@ -94,9 +99,9 @@ def main(task: str, conf_dir: str, argv: list[str] | None = None) -> dict:
                    "command": " ".join([os.path.basename(sys.argv[0])] + (argv if argv is not None else sys.argv[1:])),
                    "model": args.model, "adapter": args.adapter, "predictions_in": args.predictions,
                    "num_processes": accelerator.num_processes if accelerator else 1,
-                   "predictions_out": predictions_path(args.output_dir, task),
+                   "predictions_out": predictions_path(args.output_dir, output_name(task, task_cfg)),
                    "config": OmegaConf.to_container(task_cfg, resolve=True)}
-        with open(os.path.join(args.output_dir, f"{task}_results.json"), "w") as f:
+        with open(os.path.join(args.output_dir, f"{output_name(task, task_cfg)}_results.json"), "w") as f:
             json.dump(summary, f, indent=2)
         print(json.dumps({"task": task, "metrics": metrics, "wall_time_s": round(summary["wall_time_s"], 1)}, indent=2))
     return metrics

@@ -13,6 +13,8 @@ from accelerate.utils import gather_object
 from tqdm.auto import tqdm
 from transformers import GenerationConfig
 
+from lora_one.eval.scoring import is_encoder_decoder
+
 
 @dataclass(frozen=True)
 class Decoding:
@@ -79,7 +81,8 @@ def prompt_lengths(tokenizer, prompts: Sequence[str]) -> list[int]:
 def generate(model, tokenizer, prompts: Sequence[str], decoding: Decoding, batch_size: int, accelerator: Accelerator,
              desc: str = "generate", on_batch: Callable[[list[int], list], str] | None = None) -> list[list[str]]:
     """`decoding.num_samples` completions for each prompt (prompts tokenized exactly as in training,
-    left-padded so every row's next token sits at the end)."""
+    left-padded so every row's next token sits at the end; an encoder-decoder model's encoder masks
+    the padding and its decoder starts fresh)."""
     was_training = model.training
     model.eval()
     config = decoding.generation_config(tokenizer)
@@ -90,7 +93,9 @@ def generate(model, tokenizer, prompts: Sequence[str], decoding: Decoding, batch
         if decoding.temperature > 0:
             torch.manual_seed(decoding.seed + number)
         output = model.generate(**batch, generation_config=config, tokenizer=tokenizer)
-        texts = tokenizer.batch_decode(output[:, batch["input_ids"].shape[1]:], skip_special_tokens=True)
+        # a causal model returns prompt + completion; an encoder-decoder model only the decoder's text
+        completion = output if is_encoder_decoder(model) else output[:, batch["input_ids"].shape[1]:]
+        texts = tokenizer.batch_decode(completion, skip_special_tokens=True)
         texts = [truncate_at_stop(t, decoding.stop) for t in texts]
         n = decoding.num_samples
         return [texts[row * n:(row + 1) * n] for row in range(len(indices))]

@@ -1,6 +1,6 @@
-"""MMLU: 57 subjects of four-way multiple choice, 0- or k-shot, scored without generation: the
-model's next-token logits for " A", " B", " C", " D" after "Answer:", softmax-normalised over those
-four, the most likely letter being the prediction. Accuracy per subject, per category, overall."""
+"""MMLU: 57 subjects of four-way multiple choice, 0- or k-shot, scored without generation: the logits
+of the model's first answer token for " A", " B", " C", " D" after "Answer:", softmax-normalised over
+those four, the most likely letter being the prediction. Accuracy per subject, per category, overall."""
 import csv
 import glob
 import os
@@ -11,6 +11,7 @@ from lora_one import ConfigError
 from lora_one.eval.answers import extract_letter
 from lora_one.eval.generation import map_batches, prompt_lengths
 from lora_one.eval.records import read_completions, select
+from lora_one.eval.scoring import next_token_logits
 
 HUB_ID = "cais/mmlu"
 LETTERS = ("A", "B", "C", "D")
@@ -102,14 +103,15 @@ def letter_token_ids(tokenizer) -> list[int]:
 
 @torch.no_grad()
 def choice_probabilities(model, tokenizer, prompts: list[str], batch_size: int, accelerator) -> list[list[float]]:
-    """softmax over the four letter logits at the last prompt position, for each prompt."""
+    """softmax over the four letter logits of the first answer token (after the last prompt token of a
+    causal model, at the first decoder step of an encoder-decoder one), for each prompt."""
     letter_ids = torch.tensor(letter_token_ids(tokenizer), device=accelerator.device)
     was_training = model.training
     model.eval()
 
     def run_batch(number: int, indices: list[int]) -> list[list[float]]:
         batch = tokenizer([prompts[i] for i in indices], padding=True, padding_side="left", return_tensors="pt")
-        logits = model(**batch.to(accelerator.device)).logits[:, -1, :]
+        logits = next_token_logits(model, batch.to(accelerator.device))
         return torch.softmax(logits[:, letter_ids].float(), dim=-1).tolist()
 
     probs = map_batches(run_batch, prompt_lengths(tokenizer, prompts), batch_size, accelerator, desc="mmlu")

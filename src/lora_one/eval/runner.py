@@ -1,5 +1,6 @@
 """Run benchmarks by name: load the questions, answer them with the model (or read answers from a
-file), score on the main process, write `<task>_predictions.jsonl`, and share the metrics."""
+file), score on the main process, write `<task>_predictions.jsonl` (GLUE: `cola_predictions.jsonl`...),
+and share the metrics."""
 import logging
 import os
 import time
@@ -7,16 +8,22 @@ import time
 from accelerate.utils import broadcast_object_list
 
 from lora_one import ConfigError
-from lora_one.eval import commonsense, gsm8k, humaneval, mmlu
+from lora_one.eval import commonsense, glue, gsm8k, humaneval, mmlu
 from lora_one.eval.records import write_records
 
 log = logging.getLogger(__name__)
 
-BENCHMARKS = {"gsm8k": gsm8k, "humaneval": humaneval, "commonsense": commonsense, "mmlu": mmlu}
+BENCHMARKS = {"gsm8k": gsm8k, "humaneval": humaneval, "commonsense": commonsense, "mmlu": mmlu, "glue": glue}
 
 
-def predictions_path(out_dir: str, task: str) -> str:
-    return os.path.join(out_dir, f"{task}_predictions.jsonl")
+def output_name(task: str, cfg) -> str:
+    """The stem of a benchmark's files: its name, or the one its module derives from its config (glue: cola)."""
+    name_of = getattr(BENCHMARKS[task], "output_name", None)
+    return name_of(cfg) if name_of else task
+
+
+def predictions_path(out_dir: str, name: str) -> str:
+    return os.path.join(out_dir, f"{name}_predictions.jsonl")
 
 
 def run_benchmark(task: str, cfg, out_dir: str, model=None, tokenizer=None, accelerator=None,
@@ -32,7 +39,7 @@ def run_benchmark(task: str, cfg, out_dir: str, model=None, tokenizer=None, acce
     else:
         metrics, records = benchmark.evaluate(cfg, items, model, tokenizer, accelerator)
     if records is not None:  # the main process
-        write_records(predictions_path(out_dir, task), records)
+        write_records(predictions_path(out_dir, output_name(task, cfg)), records)
         metrics["seconds"] = time.perf_counter() - start
         log.info("%s: %s", task, {k: v for k, v in metrics.items() if not isinstance(v, dict)})
     if accelerator is not None and accelerator.num_processes > 1:
