@@ -1,4 +1,7 @@
-"""Every option of every config group composes and resolves; unknown options fail with Hydra's error."""
+"""Every option of every config group composes and resolves; unknown options fail with Hydra's error;
+the paper's experiment files set only real keys, each with its source."""
+
+import re
 
 import pytest
 from hydra.errors import MissingConfigException
@@ -42,3 +45,31 @@ def test_sweep_overrides_apply():
 def test_unknown_group_option_names_it(override):
     with pytest.raises(MissingConfigException, match=override.split("=")[1]):
         compose_config([override])
+
+
+PAPER_EXPERIMENTS = [o for o in options("experiment") if o != "gsm8k_smollm2"]  # gsm8k_smollm2: a CPU study, no paper setting
+
+
+def leaf_paths(node, prefix=""):
+    for key, value in node.items():
+        path = f"{prefix}{key}"
+        if isinstance(value, dict):
+            yield from leaf_paths(value, path + ".")
+        else:
+            yield path
+
+
+@pytest.mark.parametrize("experiment", PAPER_EXPERIMENTS)
+def test_experiment_files_set_existing_keys_each_with_its_source(experiment):
+    """Every key an experiment file sets exists in the groups it selects (a typo would add a silent new
+    key), and every line that sets a value says where the value comes from."""
+    path = ROOT / "conf" / "experiment" / f"{experiment}.yaml"
+    cfg = compose_config([f"experiment={experiment}"])
+    plain = compose_config([f"model={cfg.model.name}", f"dataset={cfg.dataset.name}", f"peft={cfg.peft.name}",
+                            f"init={cfg.init.name}", f"eval=[{','.join(cfg.eval)}]"])
+    body = {k: v for k, v in OmegaConf.to_container(OmegaConf.load(path)).items() if k != "defaults"}
+    for key in leaf_paths(body):
+        assert OmegaConf.select(plain, key, default="<absent>") != "<absent>", f"{path.name}: {key} is no config key"
+    for number, line in enumerate(path.read_text().splitlines(), 1):
+        if re.match(r"\s*[\w/]+:\s*\S", line) and not line.lstrip().startswith("#"):
+            assert "#" in line, f"{path.name}: line {number} sets a value without its source: {line.strip()}"
