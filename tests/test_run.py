@@ -113,7 +113,7 @@ def bad_jsonl(tmp_path):
     (["peft.target_modules=[no_such_proj]"], r"matches no linear layer"),
     (["model.path=/no/such/model"], "model.path '/no/such/model' does not exist"),
     (["dataset=gsm8k", "dataset.path=/no/such.jsonl"], "dataset.path '/no/such.jsonl' does not exist"),
-    (["dataset=gsm8k", "BAD_FILE"], r"bad.jsonl: row 5 has no field 'answer'"),
+    (["dataset=gsm8k", "BAD_FILE"], r"bad.jsonl: line 6 has no field 'answer'"),
 ])
 def test_bad_input_stops_with_one_clear_error(tmp_path, overrides, message):
     overrides = [bad_jsonl(tmp_path) if o == "BAD_FILE" else o for o in overrides]

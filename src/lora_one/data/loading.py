@@ -7,6 +7,7 @@ import random
 from omegaconf import DictConfig
 
 from lora_one import ConfigError
+from lora_one.data.files import check_data_file, read_jsonl, row_name
 from lora_one.data.glue import glue_file, read_glue_tsv
 from lora_one.data.templates import TEMPLATES, build_prompt
 from lora_one.data.toy_math import generate_toy_math
@@ -22,12 +23,16 @@ def load_raw_rows(cfg: DictConfig, seed: int) -> tuple[list[dict], str]:
         path = os.path.expanduser(str(cfg.path))
         if not os.path.exists(path):
             raise ConfigError(f"dataset.path '{cfg.path}' does not exist")
+        if os.path.isfile(path):
+            check_data_file(path)
         if os.path.isdir(path) or path.endswith(".tsv"):  # a GLUE task folder (its train.tsv) or TSV file
             train_file = glue_file(path, "train.tsv")
             return read_glue_tsv(cfg.name, train_file), train_file
         ext = os.path.splitext(path)[1].lower()
         if ext not in LOCAL_FORMATS:
             raise ConfigError(f"dataset.path '{cfg.path}': unsupported extension {ext!r}; use one of {sorted(LOCAL_FORMATS)}")
+        if ext == ".jsonl":  # read here, so that row N is line N in every error
+            return read_jsonl(path), path
         import datasets
 
         try:
@@ -59,7 +64,11 @@ def to_examples(rows: list[dict], cfg: DictConfig, source: str) -> list[dict[str
         for placeholder, column in columns.items():
             value = row.get(column)
             if value is None and placeholder not in optional:
-                raise ConfigError(f"{source}: row {idx} has no field '{column}' (dataset.columns.{placeholder})")
+                raise ConfigError(f"{source}: {row_name(source, idx)} has no field '{column}' (dataset.columns.{placeholder})")
+            if isinstance(value, (dict, list)):
+                raise ConfigError(f"{source}: {row_name(source, idx)} field '{column}' holds a "
+                                  f"{'dict' if isinstance(value, dict) else 'list'} where text is expected "
+                                  f"(dataset.columns.{placeholder})")
             fields[placeholder] = "" if value is None else value
         response = fields.pop("response")
         if cfg.label_names is not None:
