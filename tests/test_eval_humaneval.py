@@ -13,6 +13,7 @@ from lora_one.eval import humaneval, run_benchmark
 def humaneval_config(**changes):
     cfg = compose_config(["eval=humaneval"]).eval.humaneval
     cfg.timeout_s = 5.0
+    cfg.confirm_run_unsafe_code = True
     for key, value in changes.items():
         cfg[key] = value
     return cfg
@@ -72,6 +73,13 @@ def test_a_hostile_completion_fails_without_stopping_the_run(tmp_path):
     assert metrics["pass@1"] == 0.5
     statuses = [json.loads(line)["status"] for line in open(tmp_path / "humaneval_predictions.jsonl")]
     assert statuses == ["timed out", "passed"]
+
+
+def test_model_code_runs_only_after_an_explicit_opt_in(tmp_path):
+    cfg = humaneval_config(limit=1, confirm_run_unsafe_code=False)
+    with pytest.raises(ConfigError, match="eval.humaneval.confirm_run_unsafe_code=true"):
+        run_benchmark("humaneval", cfg, str(tmp_path), predictions=write_predictions(tmp_path / "p.jsonl", []))
+    assert not (tmp_path / "humaneval_predictions.jsonl").exists()
 
 
 def test_several_greedy_samples_are_refused():

