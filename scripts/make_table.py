@@ -1,8 +1,18 @@
-"""Sweep → paper table. Reads every results.json under a multirun directory; rows = method (init ×
-optimizer), columns = tasks (each `eval` benchmark's headline metric, or the held-out loss of the
-training dataset when a run has no benchmark), cells = mean ± std over seeds (sample std). Writes
-table.md, table.tex and, per training dataset, loss_<dataset>.png: the mean training loss per step of
-each method, shaded ± 1 std over seeds.
+"""Sweep → paper table. Reads every results.json under a directory and pools into one row only the
+runs whose resolved configs are equal but for the seed (and bookkeeping: cache_dir, resume,
+checkpoint, wandb). Rows = method (init × optimizer) plus one column per setting that differs between
+rows (a `model.learning_rate=1e-3,1e-1` sweep gets a learning-rate column); columns = tasks (each
+`eval` benchmark's headline metric, or the held-out loss of the training dataset when a run has no
+benchmark); cells = mean ± std over seeds (sample std).
+
+The setting columns are the Hydra overrides (`.hydra/overrides.yaml` of each run) that differ between
+rows, shown with their resolved values; without recorded overrides, the differing resolved keys.
+Runs launched with the same overrides whose resolved configs differ (the code's defaults or the
+environment changed between launches) are refused with one line naming both runs and the key.
+
+Writes table.md (with the runs' provenance: commit, packages, device, once if all runs agree, else
+per row), table.tex and, per training dataset, loss_<dataset>.png: the mean training loss per step of
+each row, shaded ± 1 std over seeds.
 
     python scripts/make_table.py multirun/2026-01-01/12-00-00 [--out DIR]
 """
@@ -11,9 +21,12 @@ import json
 import statistics
 import sys
 from collections import defaultdict
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import matplotlib
+import yaml
+from hydra.core.override_parser.overrides_parser import OverridesParser
 
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
@@ -22,19 +35,134 @@ import matplotlib.pyplot as plt  # noqa: E402
 HEADLINE_METRICS = ("accuracy", "mean_accuracy", "pass@1", "overall/accuracy")
 INIT_NAMES = {"default": "LoRA", "gaussian": "LoRA (Gaussian)", "pissa": "PiSSA"}
 EVAL_LOSS = "eval loss"
+# Top-level config keys that say where and how a run was kept, not what it computed.
+BOOKKEEPING = {"cache_dir", "resume", "checkpoint", "wandb", "hydra"}
+# Keys the Method column already shows.
+METHOD_KEYS = {"init", "init.name", "init.direction", "optim", "optim.name"}
+# Provenance entries that differ between any two runs by nature.
+RUN_TIMES = ("start", "end")
 
 
-def load_results(root: Path) -> list[dict]:
+@dataclass
+class Run:
+    path: Path  # the run directory, relative to the table's root
+    results: dict
+    overrides: dict[str, str] | None  # Hydra's overrides of the run (key → value as written), seed and bookkeeping
+    # left out; None: not recorded
+
+
+@dataclass
+class Row:
+    method: str
+    settings: tuple[str, ...]  # one value per setting column
+    runs: list[Run]
+    cells: dict = field(default_factory=lambda: defaultdict(list))  # (task, metric) → values over seeds
+
+    @property
+    def label(self) -> str:
+        return ", ".join((self.method, *self.settings))
+
+
+def is_compared(key: str) -> bool:
+    """Whether runs must agree on this dotted config key to be pooled: not the seed (`seed`, and the
+    evaluators' `eval.<task>.seed`, which is `${seed}`), not bookkeeping."""
+    parts = key.split(".")
+    return parts[-1] != "seed" and parts[0] not in BOOKKEEPING
+
+
+def config_leaves(config: dict, prefix: str = "") -> dict:
+    """{dotted key: value} of every leaf of a nested config (lists are leaves)."""
+    leaves = {}
+    for key, value in config.items():
+        if isinstance(value, dict):
+            leaves.update(config_leaves(value, f"{prefix}{key}."))
+        else:
+            leaves[f"{prefix}{key}"] = value
+    return leaves
+
+
+def compared_config(run: Run) -> dict:
+    return {k: v for k, v in config_leaves(run.results["config"]).items() if is_compared(k)}
+
+
+def read_overrides(run_dir: Path) -> dict[str, str | None] | None:
+    """{key: value as written} of the Hydra overrides of this run (`++init.direction=X` → init.direction:
+    X; a deletion `~key` → None), or None when the run has no .hydra/overrides.yaml (run_exp.run
+    called directly)."""
+    path = run_dir / ".hydra" / "overrides.yaml"
+    if not path.exists():
+        return None
+    overrides = OverridesParser.create().parse_overrides(yaml.safe_load(path.read_text()) or [])
+    return {o.key_or_group: None if o.is_delete() else o.get_value_element_as_str()
+            for o in overrides if is_compared(o.key_or_group)}
+
+
+def load_runs(root: Path) -> list[Run]:
     paths = sorted(root.rglob("results.json"))
     if not paths:
         raise SystemExit(f"error: no results.json under {root}")
-    return [json.loads(path.read_text()) for path in paths]
+    return [Run(path.parent.relative_to(root), json.loads(path.read_text()), read_overrides(path.parent))
+            for path in paths]
 
 
 def method_of(results: dict) -> str:
     init, optim = results["config"]["init"], results["config"]["optim"]["name"]
     name = init["direction"] if init["name"] == "gradient" else INIT_NAMES.get(init["name"], init["name"])
     return f"{name} + {optim}"
+
+
+def group_runs(runs: list[Run]) -> list[list[Run]]:
+    """Runs whose resolved configs agree on every compared key: the seeds of one setting."""
+    groups = defaultdict(list)
+    for run in runs:
+        groups[json.dumps(compared_config(run), sort_keys=True, default=str)].append(run)
+    return list(groups.values())
+
+
+def check_same_overrides_same_config(groups: list[list[Run]]) -> None:
+    """Runs launched with the same overrides (the seed aside) must resolve to the same config."""
+    first_with = {}
+    for group in groups:
+        for run in group:
+            if run.overrides is None:
+                continue
+            other, other_group = first_with.setdefault(tuple(sorted(run.overrides.items())), (run, group))
+            if other_group is not group:
+                mine, theirs = compared_config(run), compared_config(other)
+                key = next(k for k in sorted(mine.keys() | theirs.keys()) if mine.get(k) != theirs.get(k))
+                raise SystemExit(f"error: refusing to average {other.path} and {run.path}: same overrides, but "
+                                 f"their resolved configs differ in {key} ({theirs.get(key)!r} vs {mine.get(key)!r})")
+
+
+def shown_value(config: dict, key: str) -> str:
+    """A setting's resolved value as a cell: a config group (`model=…`) by its `name`."""
+    value = config
+    for part in key.split("."):
+        if not isinstance(value, dict) or part not in value:
+            return "–"
+        value = value[part]
+    if isinstance(value, dict):
+        return str(value.get("name", json.dumps(value, sort_keys=True)))
+    return json.dumps(value) if isinstance(value, list) else str(value)
+
+
+def setting_columns(groups: list[list[Run]]) -> list[str]:
+    """Keys whose resolved values differ between groups (Method aside): among the recorded overrides
+    when every run has them and they tell the groups apart, else among all compared keys."""
+    def differing(keys) -> list[str]:
+        return [k for k in sorted(keys) if k not in METHOD_KEYS
+                and len({shown_value(g[0].results["config"], k) for g in groups}) > 1]
+
+    def distinct(columns) -> bool:
+        labels = {(method_of(g[0].results), *(shown_value(g[0].results["config"], k) for k in columns)) for g in groups}
+        return len(labels) == len(groups)
+
+    runs = [run for group in groups for run in group]
+    if all(run.overrides is not None for run in runs):
+        columns = differing({key for run in runs for key in run.overrides})
+        if distinct(columns):
+            return columns
+    return differing({key for group in groups for key in compared_config(group[0])})
 
 
 def flatten(metrics: dict, prefix: str = "") -> dict[str, float]:
@@ -65,14 +193,21 @@ def mean_std(values: list[float]) -> tuple[float, float]:
     return statistics.fmean(values), statistics.stdev(values) if len(values) > 1 else 0.0
 
 
-def aggregate(runs: list[dict]):
-    """(methods, columns, {method: {column: [values over seeds]}})."""
-    cells = defaultdict(lambda: defaultdict(list))
-    for results in runs:
-        for column, value in scores_of(results).items():
-            cells[method_of(results)][column].append(value)
-    columns = sorted({column for row in cells.values() for column in row})
-    return sorted(cells), columns, cells
+def aggregate(runs: list[Run]) -> tuple[list[Row], list[str], list[tuple[str, str]]]:
+    """(rows sorted by method and settings, setting columns, metric columns)."""
+    groups = group_runs(runs)
+    check_same_overrides_same_config(groups)
+    settings = setting_columns(groups)
+    rows = []
+    for group in groups:
+        config = group[0].results["config"]
+        row = Row(method_of(group[0].results), tuple(shown_value(config, k) for k in settings), group)
+        for run in group:
+            for column, value in scores_of(run.results).items():
+                row.cells[column].append(value)
+        rows.append(row)
+    columns = sorted({column for row in rows for column in row.cells})
+    return sorted(rows, key=lambda r: (r.method, r.settings)), settings, columns
 
 
 def cell_text(values: list[float], metric: str) -> str:
@@ -83,13 +218,13 @@ def cell_text(values: list[float], metric: str) -> str:
     return f"{100 * mean:.2f} ± {100 * std:.2f}"
 
 
-def best_methods(methods, column, cells) -> set[str]:
-    """The method(s) with the best mean in a column: the lowest loss, the highest score."""
-    means = {m: mean_std(cells[m][column])[0] for m in methods if cells[m].get(column)}
+def best_rows(rows: list[Row], column) -> set[int]:
+    """Indices of the row(s) with the best mean in a column: the lowest loss, the highest score."""
+    means = {i: mean_std(row.cells[column])[0] for i, row in enumerate(rows) if row.cells.get(column)}
     if not means:
         return set()
     best = (min if column[1] == EVAL_LOSS else max)(means.values())
-    return {m for m, v in means.items() if v == best}
+    return {i for i, v in means.items() if v == best}
 
 
 def header_of(column) -> str:
@@ -97,21 +232,28 @@ def header_of(column) -> str:
     return f"{task} {metric} ↓" if metric == EVAL_LOSS else f"{task} {metric} (%) ↑"
 
 
-def seeds_of(method, cells) -> int:
-    return max(len(values) for values in cells[method].values())
+def seeds_of(row: Row) -> int:
+    return max(len(values) for values in row.cells.values())
 
 
-def markdown_table(methods, columns, cells) -> str:
-    lines = ["| Method | seeds | " + " | ".join(header_of(c) for c in columns) + " |",
-             "|---|---:|" + "---:|" * len(columns)]
-    best = {c: best_methods(methods, c, cells) for c in columns}
-    for method in methods:
-        row = []
+def table_cells(rows: list[Row], columns, escape=str, bold="**{}**", missing="–") -> list[list[str]]:
+    """Per row: method, settings, seed count, then each metric cell (the best of a column in bold)."""
+    best = {c: best_rows(rows, c) for c in columns}
+    lines = []
+    for i, row in enumerate(rows):
+        cells = []
         for column in columns:
-            values = cells[method].get(column)
-            text = cell_text(values, column[1]) if values else "–"
-            row.append(f"**{text}**" if method in best[column] and len(methods) > 1 else text)
-        lines.append(f"| {method} | {seeds_of(method, cells)} | " + " | ".join(row) + " |")
+            values = row.cells.get(column)
+            text = escape(cell_text(values, column[1])) if values else missing
+            cells.append(bold.format(text) if i in best[column] and len(rows) > 1 else text)
+        lines.append([escape(row.method), *map(escape, row.settings), str(seeds_of(row)), *cells])
+    return lines
+
+
+def markdown_table(rows: list[Row], settings: list[str], columns) -> str:
+    lines = ["| " + " | ".join(["Method", *settings, "seeds", *map(header_of, columns)]) + " |",
+             "|---|" + "---|" * len(settings) + "---:|" + "---:|" * len(columns)]
+    lines += ["| " + " | ".join(cells) + " |" for cells in table_cells(rows, columns)]
     return "\n".join(lines) + "\n"
 
 
@@ -121,37 +263,67 @@ def latex_escape(text: str) -> str:
     return text.replace("±", r"$\pm$").replace("↓", r"$\downarrow$").replace("↑", r"$\uparrow$")
 
 
-def latex_table(methods, columns, cells) -> str:
-    best = {c: best_methods(methods, c, cells) for c in columns}
-    lines = [r"\begin{tabular}{lr" + "c" * len(columns) + "}", r"\toprule",
-             "Method & Seeds & " + " & ".join(latex_escape(header_of(c)) for c in columns) + r" \\", r"\midrule"]
-    for method in methods:
-        row = []
-        for column in columns:
-            values = cells[method].get(column)
-            text = latex_escape(cell_text(values, column[1])) if values else "--"
-            row.append(rf"\textbf{{{text}}}" if method in best[column] and len(methods) > 1 else text)
-        lines.append(f"{latex_escape(method)} & {seeds_of(method, cells)} & " + " & ".join(row) + r" \\")
+def latex_table(rows: list[Row], settings: list[str], columns) -> str:
+    header = ["Method", *settings, "Seeds", *map(header_of, columns)]
+    lines = [r"\begin{tabular}{l" + "l" * len(settings) + "r" + "c" * len(columns) + "}", r"\toprule",
+             " & ".join(map(latex_escape, header)) + r" \\", r"\midrule"]
+    lines += [" & ".join(cells) + r" \\" for cells in table_cells(rows, columns, latex_escape, r"\textbf{{{}}}", "--")]
     lines += [r"\bottomrule", r"\end{tabular}"]
     return "\n".join(lines) + "\n"
 
 
-def plot_loss_curves(runs: list[dict], out_dir: Path) -> list[Path]:
-    """One PNG per training dataset: per method, the mean training loss per step over seeds (curves
-    cut to the shortest seed's), shaded ± 1 std."""
+def environment_of(run: Run) -> str:
+    """One line on what produced a run (its provenance without the times), or that it was not recorded."""
+    record = run.results.get("provenance")
+    if not record:
+        return "provenance not recorded"
+    git = record.get("git") or {}
+    commit = "not a git checkout" if not git.get("commit") else \
+        f"commit {git['commit'][:12]}" + (" + uncommitted changes" if git.get("dirty") else "")
+    packages = ", ".join(f"{name} {version}" for name, version in (record.get("packages") or {}).items() if version)
+    device = ", ".join(record.get("gpus") or []) or record.get("cpu") or "unknown device"
+    return (f"{commit}; python {record.get('python')}, {packages}; {device}, {record.get('torch_threads')} torch "
+            f"threads, host {record.get('hostname')}")
+
+
+def time_span(runs: list[Run]) -> str:
+    records = [run.results["provenance"] for run in runs if run.results.get("provenance")]
+    return f"; runs from {min(r['start'] for r in records)} to {max(r['end'] for r in records)}" if records else ""
+
+
+def provenance_section(rows: list[Row]) -> str:
+    """The provenance once when every run shares it, else per row (each distinct one with its run count)."""
+    runs = [run for row in rows for run in row.runs]
+    environments = {environment_of(run) for run in runs}
+    if len(environments) == 1:
+        return f"Provenance (all {len(runs)} runs): {environments.pop()}{time_span(runs)}.\n"
+    lines = ["Provenance differs between runs:"]
+    for row in rows:
+        counts = defaultdict(int)
+        for run in row.runs:
+            counts[environment_of(run)] += 1
+        described = "; and ".join(f"{env} ({n} run{'s' * (n > 1)})" for env, n in sorted(counts.items()))
+        lines.append(f"- {row.label}: {described}{time_span(row.runs)}")
+    return "\n".join(lines) + "\n"
+
+
+def plot_loss_curves(rows: list[Row], out_dir: Path) -> list[Path]:
+    """One PNG per training dataset: per row, the mean training loss per step over seeds (curves cut
+    to the shortest seed's), shaded ± 1 std."""
     curves = defaultdict(lambda: defaultdict(list))
-    for results in runs:
-        if results.get("train_loss_curve"):
-            curves[results["config"]["dataset"]["name"]][method_of(results)].append(results["train_loss_curve"])
+    for row in rows:
+        for run in row.runs:
+            if run.results.get("train_loss_curve"):
+                curves[run.results["config"]["dataset"]["name"]][row.label].append(run.results["train_loss_curve"])
     written = []
-    for dataset, by_method in sorted(curves.items()):
+    for dataset, by_row in sorted(curves.items()):
         fig, ax = plt.subplots(figsize=(6, 4), dpi=120)
-        for method, seeds in sorted(by_method.items()):
+        for label, seeds in sorted(by_row.items()):
             steps = min(len(curve) for curve in seeds)
             stats = [mean_std([curve[i] for curve in seeds]) for i in range(steps)]
             mean = [m for m, _ in stats]
             x = range(1, steps + 1)
-            (line,) = ax.plot(x, mean, label=f"{method} (n={len(seeds)})")
+            (line,) = ax.plot(x, mean, label=f"{label} (n={len(seeds)})")
             ax.fill_between(x, [m - s for m, s in stats], [m + s for m, s in stats], color=line.get_color(), alpha=0.2)
         ax.set(title=f"{dataset}: training loss (mean ± std over seeds)", xlabel="optimizer step", ylabel="loss")
         ax.grid(alpha=0.3)
@@ -171,14 +343,14 @@ def main(argv=None) -> None:
     args = parser.parse_args(argv)
     if not args.multirun_dir.is_dir():
         raise SystemExit(f"error: {args.multirun_dir} is not a directory")
+    runs = load_runs(args.multirun_dir)
+    rows, settings, columns = aggregate(runs)
     out_dir = args.out or args.multirun_dir
     out_dir.mkdir(parents=True, exist_ok=True)
-    runs = load_results(args.multirun_dir)
-    methods, columns, cells = aggregate(runs)
-    markdown = markdown_table(methods, columns, cells)
+    markdown = markdown_table(rows, settings, columns) + "\n" + provenance_section(rows)
     (out_dir / "table.md").write_text(markdown)
-    (out_dir / "table.tex").write_text(latex_table(methods, columns, cells))
-    plots = plot_loss_curves(runs, out_dir)
+    (out_dir / "table.tex").write_text(latex_table(rows, settings, columns))
+    plots = plot_loss_curves(rows, out_dir)
     print(markdown)
     print(f"{len(runs)} runs → {out_dir / 'table.md'}, {out_dir / 'table.tex'}, " + ", ".join(str(p) for p in plots),
           file=sys.stderr)

@@ -6,6 +6,7 @@ import sys
 
 import matplotlib.image
 import pytest
+import yaml
 
 from conftest import ROOT, TINY
 
@@ -13,14 +14,26 @@ sys.path.insert(0, str(ROOT / "scripts"))
 import make_table  # noqa: E402
 
 
-def write_results(path, direction, seed, eval_loss, curve, benchmarks=None, init="gradient", optim="adamw"):
+def write_results(path, direction, seed, eval_loss, curve, benchmarks=None, init="gradient", optim="adamw",
+                  overrides=None, provenance=None, **config):
+    """A results.json as run_exp writes it (the config keys tests need), and the run's Hydra
+    overrides in .hydra/overrides.yaml when given."""
     path.mkdir(parents=True)
     results = {"config": {"init": {"name": init, "direction": direction}, "optim": {"name": optim},
-                          "dataset": {"name": "toy_math"}, "seed": seed},
+                          "dataset": {"name": "toy_math"}, "seed": seed, **config},
                "eval_loss": eval_loss, "train_loss_curve": curve}
     if benchmarks is not None:
         results["eval"] = benchmarks
+    if provenance is not None:
+        results["provenance"] = provenance
     (path / "results.json").write_text(json.dumps(results))
+    if overrides is not None:
+        (path / ".hydra").mkdir()
+        (path / ".hydra" / "overrides.yaml").write_text(yaml.safe_dump(overrides))
+
+
+def table_rows(markdown: str) -> list[str]:
+    return [line for line in markdown.splitlines()[2:] if line.startswith("|")]
 
 
 def test_cells_are_mean_and_sample_std_over_seeds(tmp_path):
@@ -29,18 +42,82 @@ def test_cells_are_mean_and_sample_std_over_seeds(tmp_path):
     write_results(tmp_path / "2", "LoRA-GA", 1, 4.0, [3.0, 2.5, 2.0])
     write_results(tmp_path / "3", None, 1, 5.0, [3.0, 2.9], init="pissa", optim="loraplus")
     make_table.main([str(tmp_path), "--out", str(tmp_path / "table")])
-    markdown = (tmp_path / "table" / "table.md").read_text().splitlines()
-    assert markdown[0] == "| Method | seeds | toy_math eval loss ↓ |"
-    rows = {line.split(" | ")[0].lstrip("| "): line for line in markdown[2:]}
+    markdown = (tmp_path / "table" / "table.md").read_text()
+    assert markdown.splitlines()[0] == "| Method | seeds | toy_math eval loss ↓ |"
     # LoRA-One: mean(1, 2) = 1.5, sample std = 1/√2 ≈ 0.7071; the lowest loss is bold
-    assert rows["LoRA-One + adamw"] == "| LoRA-One + adamw | 2 | **1.5000 ± 0.7071** |"
-    assert rows["LoRA-GA + adamw"] == "| LoRA-GA + adamw | 1 | 4.0000 ± 0.0000 |"
-    assert rows["PiSSA + loraplus"] == "| PiSSA + loraplus | 1 | 5.0000 ± 0.0000 |"
+    assert table_rows(markdown) == ["| LoRA-GA + adamw | 1 | 4.0000 ± 0.0000 |",
+                                    "| LoRA-One + adamw | 2 | **1.5000 ± 0.7071** |",
+                                    "| PiSSA + loraplus | 1 | 5.0000 ± 0.0000 |"]
+    assert "Provenance (all 4 runs): provenance not recorded." in markdown
     latex = (tmp_path / "table" / "table.tex").read_text()
     assert r"LoRA-One + adamw & 2 & \textbf{1.5000 $\pm$ 0.7071} \\" in latex
     assert r"toy\_math eval loss $\downarrow$" in latex
     image = matplotlib.image.imread(tmp_path / "table" / "loss_toy_math.png")
     assert image.shape[0] > 300 and image.shape[1] > 500
+
+
+def lr_sweep(root, with_overrides: bool, **config):
+    """model.learning_rate=1e-3,1e-1 × seed=1,2, as Hydra's multirun lays it out: eval losses
+    (lr 1e-3: 2.0, 3.0; lr 1e-1: 5.0, 9.0). eval.gsm8k.seed follows the seed (${seed}), the cache
+    and wandb dirs differ per run: none of them separates runs."""
+    losses = {(1e-3, 1): 2.0, (1e-3, 2): 3.0, (1e-1, 1): 5.0, (1e-1, 2): 9.0}
+    for job, ((lr, seed), loss) in enumerate(losses.items()):
+        overrides = ["model=tiny_llama", f"model.learning_rate={lr:g}", f"seed={seed}"] if with_overrides else None
+        write_results(root / f"{job}_lr{lr:g}_seed{seed}", "LoRA-One", seed, loss, [loss], overrides=overrides,
+                      model={"name": "tiny_llama", "learning_rate": lr}, eval={"gsm8k": {"seed": seed, "limit": 5}},
+                      cache_dir=f"/cache/{job}", wandb={"mode": "offline", "dir": f"/w/{job}"}, **config)
+
+
+@pytest.mark.parametrize("with_overrides", [True, False])
+def test_a_learning_rate_sweep_gives_one_row_per_rate(tmp_path, with_overrides):
+    """Not one row "LoRA-One + adamw, 4 seeds": two rows with a learning-rate column, each the mean ±
+    sample std of its own two seeds (lr 1e-3: 2.5 ± 0.7071; lr 1e-1: 7.0 ± 2.8284), whether the
+    setting comes from Hydra's overrides or, without them, from the resolved configs."""
+    lr_sweep(tmp_path, with_overrides)
+    rows, settings, columns = make_table.aggregate(make_table.load_runs(tmp_path))
+    assert settings == ["model.learning_rate"] and columns == [("toy_math", "eval loss")]
+    assert [(r.settings, r.cells[columns[0]]) for r in rows] == [(("0.001",), [2.0, 3.0]), (("0.1",), [5.0, 9.0])]
+    assert table_rows(make_table.markdown_table(rows, settings, columns)) == [
+        "| LoRA-One + adamw | 0.001 | 2 | **2.5000 ± 0.7071** |",
+        "| LoRA-One + adamw | 0.1 | 2 | 7.0000 ± 2.8284 |"]
+
+
+def test_same_overrides_with_different_resolved_configs_are_refused(tmp_path):
+    lr_sweep(tmp_path, with_overrides=True, peft={"lora_alpha": 16})
+    moved = json.loads((tmp_path / "3_lr0.1_seed2" / "results.json").read_text())
+    moved["config"]["peft"]["lora_alpha"] = 32  # the default changed before seed 2 of lr 0.1 was launched
+    (tmp_path / "3_lr0.1_seed2" / "results.json").write_text(json.dumps(moved))
+    with pytest.raises(SystemExit) as refused:
+        make_table.main([str(tmp_path)])
+    assert str(refused.value) == ("error: refusing to average 2_lr0.1_seed1 and 3_lr0.1_seed2: same overrides, but "
+                                  "their resolved configs differ in peft.lora_alpha (16 vs 32)")
+    assert not (tmp_path / "table.md").exists()
+
+
+def provenance_record(commit, start, end):
+    return {"git": {"commit": commit, "dirty": False}, "packages": {"torch": "2.13.0", "peft": None}, "python": "3.11.7",
+            "cpu": "Some CPU", "gpus": [], "torch_threads": 2, "hostname": "node1", "start": start, "end": end}
+
+
+def test_provenance_shown_once_when_all_runs_agree_else_per_row(tmp_path):
+    times = [("2026-01-01T10:00:00+00:00", "2026-01-01T10:05:00+00:00"),
+             ("2026-01-01T09:00:00+00:00", "2026-01-01T09:30:00+00:00")]
+    for seed, (start, end) in enumerate(times, 1):
+        write_results(tmp_path / "same" / str(seed), "LoRA-One", seed, 1.0, [1.0],
+                      provenance=provenance_record("a" * 40, start, end))
+    rows, _, _ = make_table.aggregate(make_table.load_runs(tmp_path / "same"))
+    assert make_table.provenance_section(rows) == (
+        "Provenance (all 2 runs): commit aaaaaaaaaaaa; python 3.11.7, torch 2.13.0; Some CPU, 2 torch threads, host "
+        "node1; runs from 2026-01-01T09:00:00+00:00 to 2026-01-01T10:05:00+00:00.\n")
+    for seed, commit in ((1, "a" * 40), (2, "b" * 40)):
+        write_results(tmp_path / "mixed" / f"ga{seed}", "LoRA-GA", seed, 1.0, [1.0],
+                      provenance=provenance_record(commit, *times[0]))
+    write_results(tmp_path / "mixed" / "one", "LoRA-One", 1, 1.0, [1.0])
+    rows, _, _ = make_table.aggregate(make_table.load_runs(tmp_path / "mixed"))
+    section = make_table.provenance_section(rows).splitlines()
+    assert section[0] == "Provenance differs between runs:"
+    assert section[1].startswith("- LoRA-GA + adamw: commit aaaaaaaaaaaa; ") and "(1 run); and commit bbbbbbbbbbbb" in section[1]
+    assert section[2] == "- LoRA-One + adamw: provenance not recorded (1 run)"
 
 
 def test_benchmark_headline_metrics_become_columns(tmp_path):
@@ -49,9 +126,10 @@ def test_benchmark_headline_metrics_become_columns(tmp_path):
                       {"gsm8k": {"accuracy": gsm, "n": 100, "seconds": 3.0},
                        "commonsense": {"boolq": {"accuracy": 0.9}, "mean_accuracy": common},
                        "mmlu": {"overall": {"accuracy": 0.4, "n": 10}, "categories": {}}})
-    methods, columns, cells = make_table.aggregate(make_table.load_results(tmp_path))
+    [row], settings, columns = make_table.aggregate(make_table.load_runs(tmp_path))
+    assert settings == [] and row.method == "LoRA-One + adamw"
     assert columns == [("commonsense", "mean_accuracy"), ("gsm8k", "accuracy"), ("mmlu", "overall/accuracy")]
-    gsm = cells["LoRA-One + adamw"][("gsm8k", "accuracy")]
+    gsm = row.cells[("gsm8k", "accuracy")]
     assert gsm == [0.25, 0.35]
     assert make_table.cell_text(gsm, "accuracy") == f"30.00 ± {100 * statistics.stdev(gsm):.2f}"  # 7.07
 
@@ -62,21 +140,23 @@ def test_missing_directory_is_one_clear_error(tmp_path):
 
 
 @pytest.mark.slow
-def test_table_from_a_real_two_by_two_sweep(tmp_path):
-    """2 inits × 2 seeds on tiny_llama (Hydra's multirun), then the table: each cell is the mean ± std
-    of the two seeds' eval losses read back from the runs."""
+def test_table_from_a_real_learning_rate_sweep(tmp_path):
+    """model.learning_rate=1e-3,1e-1 × seed=1,2 on tiny_llama (Hydra's multirun), then the table: two
+    rows with a learning-rate column, each the mean ± std of its two seeds' eval losses read back."""
     sweep = tmp_path / "sweep"
     command = [sys.executable, "run_exp.py", "-m", *TINY, "model.max_steps=3", "wandb.mode=disabled",
-               "++init.direction=LoRA-One,LoRA-GA", "seed=1,2", f"hydra.sweep.dir={sweep}"]
+               "model.learning_rate=1e-3,1e-1", "seed=1,2", f"hydra.sweep.dir={sweep}"]
     done = subprocess.run(command, cwd=ROOT, capture_output=True, text=True)
     assert done.returncode == 0, done.stderr[-3000:]
     table = subprocess.run([sys.executable, "scripts/make_table.py", str(sweep)], cwd=ROOT, capture_output=True, text=True)
     assert table.returncode == 0, table.stderr[-3000:]
     runs = [json.loads(p.read_text()) for p in sweep.rglob("results.json")]
     assert len(runs) == 4
-    for direction in ("LoRA-One", "LoRA-GA"):
-        losses = [r["eval_loss"] for r in runs if r["config"]["init"]["direction"] == direction]
+    lines = table.stdout.splitlines()
+    assert lines[0] == "| Method | model.learning_rate | seeds | toy_math eval loss ↓ |"
+    for row, lr in zip(lines[2:4], (0.001, 0.1)):
+        losses = [r["eval_loss"] for r in runs if r["config"]["model"]["learning_rate"] == lr]
         expected = f"{statistics.fmean(losses):.4f} ± {statistics.stdev(losses):.4f}"
-        assert f"| {direction} + adamw | 2 | " in table.stdout and expected in table.stdout
+        assert row.startswith(f"| LoRA-One + adamw | {lr} | 2 | ") and expected in row
     assert (sweep / "table.tex").exists() and (sweep / "loss_toy_math.png").exists()
     print(table.stdout)
