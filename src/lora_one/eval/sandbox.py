@@ -65,6 +65,7 @@ UID_LOCKS = "/run/lora_one_sandbox_uids"
 SHARED_TMP = ("/tmp", "/var/tmp", "/dev/shm")
 READ_CHUNK = 1 << 16
 VERDICT_MAX_BYTES = 1 << 16
+SHIM_GRACE_S = 5.0  # a shim kills its namespace's init at once; only a stalled machine takes longer
 
 
 class SandboxError(RuntimeError):
@@ -147,7 +148,6 @@ class _Run:
         self.mode, self.limits = mode, limits
         self.stack = contextlib.ExitStack()
         self.processes: list[subprocess.Popen] = []
-        self.pidfds: list[int] = []
         self.uids: list[int] = []
         self.fds: set[int] = set()  # open here; closed exactly once (numbers are reused by other threads)
         self.stack.callback(lambda: [self.close(fd) for fd in list(self.fds)])
@@ -156,9 +156,11 @@ class _Run:
         return self
 
     def __exit__(self, *exc):
-        for pidfd in self.pidfds:  # each namespace's init: the kernel kills the rest of its namespace
-            with contextlib.suppress(ProcessLookupError):
-                signal.pidfd_send_signal(pidfd, signal.SIGKILL)
+        if self.mode != "limits only":
+            for process in self.processes:  # its shim kills the namespace's init, the kernel the rest
+                os.kill(process.pid, signal.SIGTERM)  # not reaped yet: the pid is still this child's
+            for process in self.processes:
+                _wait_without_reaping(process.pid, SHIM_GRACE_S)
         for process in self.processes:
             with contextlib.suppress(ProcessLookupError, PermissionError):
                 os.killpg(process.pid, signal.SIGKILL)
@@ -185,10 +187,9 @@ class _Run:
         answer_r, answer_w = self.pipe()
         verdict_r, verdict_w = self.pipe()
         output_r, output_w = self.pipe()
-        control_r, control_w = self.pipe()
-        common = {"mode": self.mode, "limits": asdict(self.limits), "control_fd": control_w,
+        common = {"mode": self.mode, "limits": asdict(self.limits),
                   "entry_point": entry_point, "max_message_bytes": self.limits.max_message_mb * 2**20,
-                  "hide": [os.path.realpath(os.path.expanduser("~"))] if self.mode == "user namespaces" else []}
+                  "hide": _home_to_hide(self.mode)}
         deadline = time.monotonic() + self.limits.timeout_s
         if candidate_input is not None:
             self.spawn({**common, "role": "candidate", "call_fd": call_r, "answer_fd": answer_w},
@@ -196,9 +197,9 @@ class _Run:
         role = "tester" if candidate_input is not None else "probe"
         self.spawn({**common, "role": role, "call_fd": call_w, "answer_fd": answer_r, "verdict_fd": verdict_w},
                    tester_input, output_w)
-        for fd in (call_r, call_w, answer_r, answer_w, verdict_w, output_w, control_w):
+        for fd in (call_r, call_w, answer_r, answer_w, verdict_w, output_w):
             self.close(fd)  # the children hold their ends; EOF now means they are gone
-        return self.collect(verdict_r, output_r, control_r, deadline)
+        return self.collect(verdict_r, output_r, deadline)
 
     def spawn(self, spec: dict, payload: dict, output_fd: int) -> None:
         uid = self.claim_uid() if os.geteuid() == 0 and self.mode != "user namespaces" else None
@@ -210,7 +211,7 @@ class _Run:
         while data:
             data = data[os.write(payload_fd, data):]
         os.lseek(payload_fd, 0, os.SEEK_SET)
-        passed = tuple(spec[key] for key in ("control_fd", "call_fd", "answer_fd", "verdict_fd") if key in spec)
+        passed = tuple(spec[key] for key in ("call_fd", "answer_fd", "verdict_fd") if key in spec)
         self.processes.append(subprocess.Popen(
             [sys.executable, "-I", "-B", "-u", CHILD_SCRIPT, json.dumps(spec)], cwd="/", stdin=payload_fd,
             stdout=output_fd, stderr=output_fd, pass_fds=passed, start_new_session=True,
@@ -235,12 +236,6 @@ class _Run:
             return uid
         raise SandboxError(f"all {UID_SLOTS} sandbox uids are in use")
 
-    def track_init(self, pid: int) -> None:
-        with contextlib.suppress(ProcessLookupError):  # already gone
-            pidfd = os.pidfd_open(pid)
-            self.fds.add(pidfd)
-            self.pidfds.append(pidfd)
-
     def private_dir(self, uid: int | None) -> str:
         path = tempfile.mkdtemp(prefix="lora_one_sandbox_")  # mode 0700
         if uid is not None:
@@ -248,34 +243,51 @@ class _Run:
         self.stack.callback(shutil.rmtree, path, True)  # never follows links
         return path
 
-    def collect(self, verdict_r: int, output_r: int, control_r: int, deadline: float):
-        """Read the pipes until the tester is gone or the deadline: the verdict (capped), the output's
-        tail (the rest discarded), and the namespace inits' pids (taken as pidfds at once)."""
-        verdict, tail, control = b"", b"", b""
+    def collect(self, verdict_r: int, output_r: int, deadline: float):
+        """Read the pipes until the tester is gone or the deadline: the verdict (capped) and the
+        output's tail (the rest discarded)."""
+        verdict, tail = b"", b""
         keep = self.limits.output_kb * 1024
-        open_fds = {verdict_r, output_r, control_r}
-        timed_out = False
-        while verdict_r in open_fds:
+        poller = select.poll()
+        for fd in (verdict_r, output_r):
+            poller.register(fd, select.POLLIN)
+        verdict_open, timed_out = True, False
+        while verdict_open:
             remaining = deadline - time.monotonic()
             if remaining <= 0:
                 timed_out = True
                 break
-            for fd in select.select(list(open_fds), [], [], remaining)[0]:
+            for fd, _ in poller.poll(remaining * 1000):
                 chunk = os.read(fd, READ_CHUNK)
-                if not chunk:
-                    open_fds.discard(fd)
+                if not chunk or (fd == verdict_r and len(verdict) + len(chunk) > VERDICT_MAX_BYTES):
+                    poller.unregister(fd)
+                    verdict_open = verdict_open and fd != verdict_r
                 elif fd == output_r:
                     tail = (tail + chunk)[-keep:]
-                elif fd == verdict_r:
-                    verdict += chunk
-                    if len(verdict) > VERDICT_MAX_BYTES:
-                        open_fds.discard(fd)
                 else:
-                    control += chunk
-                    *lines, control = control.split(b"\n")
-                    for line in lines:
-                        self.track_init(int(line))
+                    verdict += chunk
+        os.set_blocking(output_r, False)  # what was printed before the verdict, still in the pipe
+        with contextlib.suppress(BlockingIOError):
+            while chunk := os.read(output_r, READ_CHUNK):
+                tail = (tail + chunk)[-keep:]
         return _parse_verdict(verdict), tail.decode(errors="replace"), timed_out
+
+
+def _wait_without_reaping(pid: int, seconds: float) -> None:
+    """Until our child `pid` ends (or `seconds`), leaving it unreaped so its pid and group stay ours."""
+    pidfd = os.pidfd_open(pid)
+    try:
+        poller = select.poll()
+        poller.register(pidfd, select.POLLIN)
+        poller.poll(seconds * 1000)
+    finally:
+        os.close(pidfd)
+
+
+def _home_to_hide(mode: str) -> list[str]:
+    """Without root the sandbox's uid is the user's own: hide the home, the likeliest place of secrets."""
+    home = os.path.realpath(os.path.expanduser("~"))
+    return [home] if mode == "user namespaces" and home != "/" and os.path.isdir(home) else []
 
 
 def _parse_verdict(data: bytes) -> dict | None:

@@ -120,10 +120,11 @@ def _limit(kind: int, value: int) -> None:
     resource.setrlimit(kind, (value, value))
 
 
-def _enter_namespaces(as_root: bool, control_fd: int) -> None:
+def _enter_namespaces(as_root: bool) -> None:
     """New mount, network, IPC, UTS and PID namespaces (and a user namespace without root). The
-    process forks: the child is the new PID namespace's init and goes on; this process stays outside,
-    tells the parent the child's pid (to kill it at the end) and exits with it."""
+    process forks: the child is the new PID namespace's init and goes on; this process, the shim,
+    stays outside and kills it on SIGTERM (the parent's way to end the sample: the kernel then kills
+    the whole namespace). The shim never reaps it, so the pid it signals is always its own child's."""
     uid, gid = os.getuid(), os.getgid()
     flags = CLONE_NEWNS | CLONE_NEWNET | CLONE_NEWIPC | CLONE_NEWUTS | CLONE_NEWPID | (0 if as_root else CLONE_NEWUSER)
     _check(libc.unshare(flags), "unshare")
@@ -131,11 +132,14 @@ def _enter_namespaces(as_root: bool, control_fd: int) -> None:
         for name, line in (("setgroups", "deny"), ("uid_map", f"0 {uid} 1"), ("gid_map", f"0 {gid} 1")):
             with open(f"/proc/self/{name}", "w") as f:
                 f.write(line)
+    signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGTERM})
     child = os.fork()
     if child:
-        os.write(control_fd, f"{child}\n".encode())
-        _, status = os.waitpid(child, 0)
-        os._exit(0 if status == 0 else 1)
+        signal.signal(signal.SIGTERM, lambda *_: os.kill(child, signal.SIGKILL))
+        signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGTERM})
+        os.waitid(os.P_PID, child, os.WEXITED | os.WNOWAIT)
+        os._exit(0)
+    signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGTERM})
     _prctl(PR_SET_PDEATHSIG, signal.SIGKILL)
 
 
@@ -195,7 +199,7 @@ def confine(spec: dict) -> None:
         os.chdir(spec["workdir"])
     else:
         as_root = mode == "namespaces"
-        _enter_namespaces(as_root, spec["control_fd"])
+        _enter_namespaces(as_root)
         _build_filesystem(limits, uid if as_root else 0, spec["hide"])
         os.chdir(SCRATCH)
     memory = limits["memory_mb"] * 2**20
