@@ -18,6 +18,7 @@ from accelerate.utils import set_seed  # noqa: E402
 from hydra import compose, initialize_config_dir  # noqa: E402
 
 from lora_one.data import encode_rows, load_splits, make_collator  # noqa: E402
+from lora_one.init import init_method  # noqa: E402
 from lora_one.models import add_lora_adapters, load_model, load_tokenizer  # noqa: E402
 
 GSM8K_TRAIN = ROOT.parent / "shared" / "data" / "gsm8k" / "train.jsonl"
@@ -54,8 +55,23 @@ def smollm2_lora(overrides: list[str] = (), micro_batches: int = 8, tokens: int 
     eval_encoded = encode_rows(tokenizer, held_out, cfg.model.max_length, seq2seq=False)
     eval_batches = [dict(collate(eval_encoded[i : i + 4])) for i in range(0, len(eval_encoded), 4)]
     model = load_model(cfg.model, tokenizer, cfg.cache_dir)
-    model = add_lora_adapters(model, cfg.peft, cfg.init, cfg.model.type)
+    model = add_lora_adapters(model, cfg.peft, cfg.model.type, init_method(cfg.init), cfg.init)
     return cfg, tokenizer, model, batches, eval_batches
+
+
+# The init variants the benchmarks compare (overrides of conf/init/gradient.yaml).
+INIT_VARIANTS = {
+    "streaming": {"estimator": "streaming", "svd": "full"},
+    "streaming lowrank": {"estimator": "streaming", "svd": "lowrank", "svd_q": 32, "svd_niter": 4},
+    "exact": {"estimator": "exact", "svd": "full"},
+    "official": {"estimator": "exact", "svd": "lowrank", "svd_q": 512, "svd_niter": 16},
+    "sketch": {"estimator": "sketch"},
+}
+
+
+def run_init(model, init_cfg, batches, accelerator):
+    """The configured gradient init on the wrapped model (as run_exp calls it); returns its InitReport."""
+    return init_method(init_cfg).initialise(model, init_cfg, batches, accelerator, seq2seq=False)
 
 
 def machine() -> str:

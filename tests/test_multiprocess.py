@@ -31,4 +31,4 @@ def test_two_processes_match_one_process(tmp_path):
     assert two["train_loss_curve"][0] == pytest.approx(one["train_loss_curve"][0], rel=1e-5)
     assert two["train_loss_curve"][1] == pytest.approx(one["train_loss_curve"][1], rel=1e-4)  # same update too
     log = (tmp_path / "two" / "run_exp.log").read_text()
-    assert log.count("init gradient:") == 1  # only the main process logs
+    assert log.count("init LoRA-One:") == 1  # only the main process logs

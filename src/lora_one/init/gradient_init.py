@@ -55,15 +55,19 @@ class GradientInit(InitMethod):
     def initialise(self, model, cfg, batches, accelerator, seq2seq) -> InitReport:
         needed = {name: self.singular_directions(layer.r[ADAPTER]) for name, layer in lora_layers(model).items()}
         grads, spectra = gradient_spectra(model, cfg, batches, accelerator, needed, seq2seq)
+        return InitReport(layer_stats=self.write_adapters(model, cfg, spectra), gradients=grads)
+
+    def write_adapters(self, model: PeftModel, cfg: DictConfig, spectra: dict) -> dict[str, dict]:
+        """Set every adapter from its layer's (U, S, Vh, ‖G‖²_F); returns the per-layer statistics."""
         stats = {}
-        for name, layer in tqdm(lora_layers(model).items(), desc="writing adapters", disable=not accelerator.is_main_process):
+        for name, layer in lora_layers(model).items():
             r = layer.r[ADAPTER]
             U, S, Vh, frobenius_sq = spectra[name]
             B, A = scale_factors(*self.factors(U, S, Vh, r), cfg.scale, self.stable_factor(U.shape[0], cfg.stable_gamma),
                                  layer.scaling[ADAPTER])
             write_factors(layer, B, A, offset_base=self.moves_base)
             stats[name] = spectrum_stats(S, r, frobenius_sq)
-        return InitReport(layer_stats=stats, gradients=grads)
+        return stats
 
 
 def spectrum_stats(S: torch.Tensor, r: int, frobenius_sq: float) -> dict:
