@@ -55,7 +55,7 @@ def test_generating_evaluators_run_on_both_architectures(shared_data, tmp_path, 
     model, tokenizer = tiny_model(option)
     options = {"gsm8k": [f"eval.gsm8k.path={shared_data / 'gsm8k' / 'test.jsonl'}"],
                "commonsense": [f"eval.commonsense.data_dir={shared_data / 'commonsense'}", "eval.commonsense.tasks=[boolq]"],
-               "humaneval": []}[task]
+               "humaneval": ["++eval.humaneval.confirm_run_unsafe_code=true"]}[task]  # the sandbox runs the programs
     cfg = compose_config([f"eval={task}", f"eval.{task}.limit=3", f"eval.{task}.max_new_tokens=8",
                           f"eval.{task}.batch_size=2"] + options).eval[task]
     metrics = run_benchmark(task, cfg, str(tmp_path), model, tokenizer, Accelerator(cpu=True))
