@@ -82,6 +82,27 @@ def test_model_code_runs_only_after_an_explicit_opt_in(tmp_path):
     assert not (tmp_path / "humaneval_predictions.jsonl").exists()
 
 
+@pytest.mark.slow
+def test_the_cli_refuses_without_the_opt_in_and_scores_with_it(tmp_path):
+    import subprocess
+    import sys
+
+    from conftest import ROOT
+
+    item = humaneval.load_items(humaneval_config(limit=1))[0]
+    predictions = write_predictions(tmp_path / "p.jsonl", [(item["id"], item["canonical_solution"])])
+    command = [sys.executable, "eval/humaneval.py", "--predictions", predictions, "--output_dir", str(tmp_path / "out"),
+               "--limit", "1"]
+    refused = subprocess.run(command, cwd=ROOT, capture_output=True, text=True)
+    assert refused.returncode != 0 and not (tmp_path / "out" / "humaneval_predictions.jsonl").exists()
+    assert refused.stderr.strip().splitlines()[-1].startswith("error: eval.humaneval.confirm_run_unsafe_code=true is required")
+    scored = subprocess.run(command + ["--confirm_run_unsafe_code", "true"], cwd=ROOT, capture_output=True, text=True)
+    assert scored.returncode == 0, scored.stderr[-2000:]
+    results = json.loads((tmp_path / "out" / "humaneval_results.json").read_text())
+    assert results["metrics"]["pass@1"] == 1.0 and results["metrics"]["sandbox"] in ("namespaces", "user namespaces",
+                                                                                      "limits only")
+
+
 def test_several_greedy_samples_are_refused():
     with pytest.raises(ConfigError, match="temperature"):
         humaneval.decoding(humaneval_config(num_samples=10, temperature=0.0))
