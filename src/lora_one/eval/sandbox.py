@@ -10,16 +10,18 @@ Two sandboxed processes per sample (the child side is `sandbox_child.py`, a stdl
   cross as data holding exact builtin types only, so the tester compares real ints, lists, strs...
 Why the verdict cannot be forged: it is one message the tester writes, after `check(candidate)`
 returned normally, on a pipe the parent created and only the tester holds. The candidate's process
-never has that descriptor, never executes in the tester, and cannot signal, ptrace or read the
-tester's memory (another uid as root, another PID namespace otherwise, and the tester is not
-dumpable). Its exit status is ignored: `sys.exit(0)`, `os._exit(0)`, `atexit`, a replaced
+never has that descriptor, never executes in the tester, and cannot ptrace or read the tester's
+memory (the tester is not dumpable; as root it also has another uid, with namespaces another PID
+namespace, so no signal reaches it either; in "limits only" without root a kill only fails the sample). Its exit status is ignored: `sys.exit(0)`, `os._exit(0)`, `atexit`, a replaced
 `sys.excepthook` only end or hide its own process, and the tester's next call then fails. An
 answer with `__eq__` always True cannot be sent, and one crafted on the wire decodes to builtins.
 What remains is what any test of a black box allows: answers that are right for the inputs tested.
 
 The parent reads only pipes it created (output capped: it keeps a tail and discards the rest), never
 a file the program could have replaced by a link or a FIFO; the programs get their input on
-anonymous memory files. Wall clock: the parent kills both at `timeout_s`.
+anonymous memory files. Wall clock: at `timeout_s` (or once the verdict is in) the parent ends the
+sample: with namespaces each shim kills its namespace's init and the kernel the rest; otherwise the
+process group, and as root every process of the sample's uids.
 
 Modes (`sandbox_mode()`: the first that works here; `LORA_ONE_SANDBOX_MODE` forces one):
 - "namespaces" (root): each process gets its own uid from a high range (locked per sample, so no
