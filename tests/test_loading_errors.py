@@ -10,6 +10,7 @@ import huggingface_hub.constants
 import pytest
 import torch
 from accelerate.utils import set_seed
+from huggingface_hub import ModelCard
 from peft import LoraConfig, get_peft_model
 
 from conftest import ROOT, TINY, compose_config
@@ -186,13 +187,17 @@ def test_base_model_id(overrides, hub_id):
 
 @pytest.mark.parametrize("hub_id", ["HuggingFaceTB/SmolLM2-135M-Instruct", None])
 def test_saved_adapter_names_the_hub_id_of_its_base(offline_hub, tmp_path, hub_id):
-    """As run_exp saves it: save_embedding_layers=False, else PEFT looks the hub id up online (the
-    vocabulary is never resized, so there is nothing to check)."""
+    """As run_exp saves an adapter: save_pretrained, then name_base_model on the directory. The
+    adapter config and the model card name the hub id; without one, what PEFT wrote stays."""
     cfg = compose_config(TINY + [f"model.hub_id={hub_id or 'null'}"])
     model = load_model(cfg.model, load_tokenizer(cfg.model, cfg.cache_dir), cfg.cache_dir)
-    peft_model = get_peft_model(model, LoraConfig(target_modules=["q_proj"]))
+    peft_model = get_peft_model(model, LoraConfig(target_modules=["q_proj"], r=2))
     written_by_peft = peft_model.peft_config["default"].base_model_name_or_path
-    name_base_model(peft_model, cfg.model)
-    peft_model.save_pretrained(tmp_path, save_embedding_layers=False)
-    saved = json.loads((tmp_path / "adapter_config.json").read_text())["base_model_name_or_path"]
-    assert saved == (hub_id or written_by_peft)
+    peft_model.save_pretrained(tmp_path)
+    as_saved = json.loads((tmp_path / "adapter_config.json").read_text())
+    name_base_model(str(tmp_path), cfg.model)
+    renamed = json.loads((tmp_path / "adapter_config.json").read_text())
+    assert renamed == {**as_saved, "base_model_name_or_path": hub_id or written_by_peft}  # the rest is kept
+    card = ModelCard.load(tmp_path / "README.md")
+    if hub_id:
+        assert card.data.base_model == hub_id and f"base_model:adapter:{hub_id}" in card.data.tags

@@ -11,8 +11,9 @@ import os
 import shutil
 
 import torch
-from huggingface_hub import is_offline_mode
+from huggingface_hub import ModelCard, is_offline_mode
 from omegaconf import DictConfig, OmegaConf
+from peft import PeftConfig
 from transformers import (AutoConfig, AutoModelForCausalLM, AutoModelForSeq2SeqLM, AutoTokenizer,
                           PreTrainedModel, PreTrainedTokenizerBase)
 
@@ -183,10 +184,21 @@ def base_model_id(cfg: DictConfig) -> str | None:
     return None
 
 
-def name_base_model(peft_model, cfg: DictConfig) -> None:
-    """Write the base model's hub id (when known) into every adapter config of `peft_model`, before
-    `save_pretrained`: PEFT would otherwise record wherever the weights were read from (a cache path)."""
+def name_base_model(adapter_dir: str, cfg: DictConfig) -> None:
+    """Make an adapter saved in `adapter_dir` name its base by hub id (when known): its
+    adapter_config.json's `base_model_name_or_path` and its model card's `base_model`. Done after
+    `save_pretrained`, not before: PEFT looks a hub-id base up online while saving (to check for a
+    resized vocabulary), a failed request per save on an offline machine."""
     hub_id = base_model_id(cfg)
-    if hub_id is not None:
-        for adapter_config in peft_model.peft_config.values():
-            adapter_config.base_model_name_or_path = hub_id
+    if hub_id is None:
+        return
+    config = PeftConfig.from_pretrained(adapter_dir)
+    config.base_model_name_or_path = hub_id
+    config.save_pretrained(adapter_dir)
+    card_path = os.path.join(adapter_dir, "README.md")
+    if os.path.exists(card_path):
+        card = ModelCard.load(card_path)
+        card.data.base_model = hub_id
+        card.data.tags = [f"base_model:adapter:{hub_id}" if tag.startswith("base_model:adapter:") else tag
+                          for tag in card.data.tags or []]
+        card.save(card_path)
