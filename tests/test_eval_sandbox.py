@@ -352,3 +352,88 @@ def test_without_namespaces_an_unreadable_interpreter_is_refused_not_run(monkeyp
     monkeypatch.setenv(MODE_VARIABLE, "limits only")
     with pytest.raises(SandboxError, match="not readable by the sandbox's uid"):
         sandbox_mode()
+
+
+# --- as a user: the test, as root, starts a process of an unprivileged uid that can run this interpreter
+# (a private mount namespace exposes it as the namespaces mode does) and let it run the attacks itself.
+
+USER_UID = 4242
+EXPOSE_INTERPRETER_AND_BECOME_USER = """
+import os, sys
+sys.path.insert(0, {src!r})
+from lora_one.eval import sandbox_child as c
+c._check(c.libc.unshare(c.CLONE_NEWNS), "unshare")
+c._mount(None, "/", None, c.MS_REC | c.MS_PRIVATE)
+prefix = os.path.realpath(sys.base_prefix)
+covered = c._first_closed_ancestor(prefix)
+if covered:
+    handle = os.open(prefix, os.O_PATH | os.O_DIRECTORY)
+    c._mount("tmpfs", covered, "tmpfs", 0, "mode=0755")
+    os.makedirs(prefix)
+    c._mount(f"/proc/self/fd/{{handle}}", prefix, None, c.MS_BIND | c.MS_REC)
+c._become({uid})
+os.execve(sys.executable, [sys.executable, "-c", {inner!r}], {env!r})
+"""
+AS_USER = """
+import json, sys
+sys.path.insert(0, {src!r})
+from lora_one.eval.sandbox import Limits, Sample, run_sample, sandbox_mode
+from concurrent.futures import ThreadPoolExecutor
+def run(completion):
+    outcome = run_sample(Sample({prompt!r} + completion, {test!r}, "add", {prompt!r}), Limits(timeout_s=20.0))
+    return [outcome.status, outcome.output_tail]
+cases = {cases!r}
+with ThreadPoolExecutor(len(cases)) as pool:
+    print(json.dumps({{"mode": sandbox_mode(), "cases": dict(zip(cases, pool.map(run, cases.values())))}}))
+"""
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(not AS_ROOT, reason="making an unprivileged process that can run this interpreter needs root")
+@pytest.mark.parametrize("user_mode", ["user namespaces", "limits only"])
+def test_as_a_user_the_verdict_holds_and_user_namespaces_protect_the_users_files(user_mode):
+    import json
+    import shutil
+    import subprocess
+    import sys
+
+    home = f"/run/lora_one_sandbox_test_home_{uuid.uuid4().hex}"  # outside /tmp, which the sandbox covers anyway
+    os.makedirs(f"{home}/project")
+    try:
+        for path, text in ((f"{home}/secret.txt", "HOME-SECRET"), (f"{home}/project/precious.txt", "keep me")):
+            with open(path, "w") as f:
+                f.write(text)
+        for path in (home, f"{home}/project", f"{home}/secret.txt", f"{home}/project/precious.txt"):
+            os.chown(path, USER_UID, USER_UID)
+        os.chmod(f"{home}/secret.txt", 0o600)
+        cases = {"right": RIGHT, "wrong": WRONG, **EXIT_AND_EQUALITY_ATTACKS,
+                 "reads the home": RIGHT + f"try:\n    print(open({home + '/secret.txt'!r}).read())\nexcept OSError as e:\n"
+                                   "    print(type(e).__name__)\n",
+                 "overwrites the project": RIGHT + f"open({home + '/project/precious.txt'!r}, 'w').write('x')\n"}
+        if user_mode == "user namespaces":  # without namespaces kill(-1) would reach this test's own processes
+            cases.update({f"sibling {i}": "    import time\n    time.sleep(2)\n" + RIGHT for i in range(3)})
+            cases["kills every pid"] = ("    import os, time\n    end = time.time() + 4\n    while time.time() < end:\n"
+                                        "        for pid in [-1] + list(range(2, 1 << 15)):\n            try:\n"
+                                        "                os.kill(pid, 9)\n            except OSError:\n"
+                                        "                pass\n" + RIGHT)
+        src = str(sandbox.CHILD_SCRIPT.rsplit("/lora_one/", 1)[0])
+        env = {"PATH": "/usr/bin:/bin", "HOME": home, "LANG": "C.UTF-8", MODE_VARIABLE: user_mode}
+        inner = AS_USER.format(src=src, prompt=PROMPT, test=TEST, cases=cases)
+        wrapper = EXPOSE_INTERPRETER_AND_BECOME_USER.format(src=src, uid=USER_UID, inner=inner, env=env)
+        done = subprocess.run([sys.executable, "-c", wrapper], capture_output=True, text=True, timeout=300)
+        if "user namespaces" in done.stderr and "no sandbox mode works" in done.stderr:
+            pytest.skip(f"unprivileged user namespaces are not allowed here: {done.stderr[-300:]}")
+        assert done.returncode == 0, done.stderr[-3000:]
+        report = json.loads(done.stdout.strip().splitlines()[-1])
+        statuses = {name: status for name, (status, _) in report["cases"].items()}
+        assert report["mode"] == user_mode
+        assert statuses.pop("right") == "passed"
+        assert all(status == "failed" for name, status in statuses.items() if name in EXIT_AND_EQUALITY_ATTACKS or
+                   name == "wrong"), statuses
+        if user_mode == "user namespaces":
+            assert report["cases"]["reads the home"] == ["passed", "FileNotFoundError\n"]
+            assert statuses["overwrites the project"] == "failed"
+            assert open(f"{home}/project/precious.txt").read() == "keep me"
+            assert [statuses[f"sibling {i}"] for i in range(3)] == ["passed"] * 3 and statuses["kills every pid"] == "passed"
+    finally:
+        shutil.rmtree(home)

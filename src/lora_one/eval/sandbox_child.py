@@ -169,7 +169,7 @@ def _build_filesystem(limits: dict, owner: int, hide: list[str]) -> None:
         if os.path.isdir(path):
             _mount(SCRATCH, path, None, MS_BIND)
     _mount("proc", "/proc", "proc", MS_NOSUID | MS_NODEV | MS_NOEXEC)
-    for covered in hide:
+    for covered in filter(os.path.isdir, hide):  # one under /tmp is hidden already
         _mount("tmpfs", covered, "tmpfs", MS_NOSUID | MS_NODEV, "size=64k,mode=0755")
         for path, handle in handles.items():
             if path.startswith(covered + os.sep):
