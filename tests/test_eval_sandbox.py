@@ -30,9 +30,10 @@ def run(completion: str, limits: Limits = LIMITS, test: str = TEST):
     return outcome, time.perf_counter() - start
 
 
-@pytest.fixture(params=MODES)
+@pytest.fixture(params=[m if m == "namespaces" else pytest.param(m, marks=pytest.mark.slow) for m in MODES])
 def mode(request, monkeypatch):
-    """Each mode this machine can run (LORA_ONE_SANDBOX_MODE forces it); the others skip with the reason."""
+    """Each mode this machine can run (LORA_ONE_SANDBOX_MODE forces it); the others skip with the reason.
+    The modes a root machine would not pick itself run with the slow tests."""
     monkeypatch.setenv(MODE_VARIABLE, request.param)
     try:
         sandbox_mode()
