@@ -12,7 +12,8 @@ Why the verdict cannot be forged: it is one message the tester writes, after `ch
 returned normally, on a pipe the parent created and only the tester holds. The candidate's process
 never has that descriptor, never executes in the tester, and cannot ptrace or read the tester's
 memory (the tester is not dumpable; as root it also has another uid, with namespaces another PID
-namespace, so no signal reaches it either; in "limits only" without root a kill only fails the sample). Its exit status is ignored: `sys.exit(0)`, `os._exit(0)`, `atexit`, a replaced
+namespace, so no signal reaches it either; in "limits only" without root a kill only fails the
+sample). Its exit status is ignored: `sys.exit(0)`, `os._exit(0)`, `atexit`, a replaced
 `sys.excepthook` only end or hide its own process, and the tester's next call then fails. An
 answer with `__eq__` always True cannot be sent, and one crafted on the wire decodes to builtins.
 What remains is what any test of a black box allows: answers that are right for the inputs tested.
