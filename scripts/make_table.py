@@ -207,7 +207,15 @@ def aggregate(runs: list[Run]) -> tuple[list[Row], list[str], list[tuple[str, st
                 row.cells[column].append(value)
         rows.append(row)
     columns = sorted({column for row in rows for column in row.cells})
-    return sorted(rows, key=lambda r: (r.method, r.settings)), settings, columns
+    return sorted(rows, key=lambda r: (r.method, *map(setting_order, r.settings))), settings, columns
+
+
+def setting_order(value: str) -> tuple:
+    """Numbers in numeric order (1e-05 before 0.001), before any text."""
+    try:
+        return 0, float(value), ""
+    except ValueError:
+        return 1, 0.0, value
 
 
 def cell_text(values: list[float], metric: str) -> str:

@@ -60,7 +60,7 @@ def lr_sweep(root, with_overrides: bool, **config):
     """model.learning_rate=1e-3,1e-1 × seed=1,2, as Hydra's multirun lays it out: eval losses
     (lr 1e-3: 2.0, 3.0; lr 1e-1: 5.0, 9.0). eval.gsm8k.seed follows the seed (${seed}), the cache
     and wandb dirs differ per run: none of them separates runs."""
-    losses = {(1e-3, 1): 2.0, (1e-3, 2): 3.0, (1e-1, 1): 5.0, (1e-1, 2): 9.0}
+    losses = {(1e-1, 1): 5.0, (1e-1, 2): 9.0, (1e-3, 1): 2.0, (1e-3, 2): 3.0}
     for job, ((lr, seed), loss) in enumerate(losses.items()):
         overrides = ["model=tiny_llama", f"model.learning_rate={lr:g}", f"seed={seed}"] if with_overrides else None
         write_results(root / f"{job}_lr{lr:g}_seed{seed}", "LoRA-One", seed, loss, [loss], overrides=overrides,
@@ -84,12 +84,12 @@ def test_a_learning_rate_sweep_gives_one_row_per_rate(tmp_path, with_overrides):
 
 def test_same_overrides_with_different_resolved_configs_are_refused(tmp_path):
     lr_sweep(tmp_path, with_overrides=True, peft={"lora_alpha": 16})
-    moved = json.loads((tmp_path / "3_lr0.1_seed2" / "results.json").read_text())
+    moved = json.loads((tmp_path / "1_lr0.1_seed2" / "results.json").read_text())
     moved["config"]["peft"]["lora_alpha"] = 32  # the default changed before seed 2 of lr 0.1 was launched
-    (tmp_path / "3_lr0.1_seed2" / "results.json").write_text(json.dumps(moved))
+    (tmp_path / "1_lr0.1_seed2" / "results.json").write_text(json.dumps(moved))
     with pytest.raises(SystemExit) as refused:
         make_table.main([str(tmp_path)])
-    assert str(refused.value) == ("error: refusing to average 2_lr0.1_seed1 and 3_lr0.1_seed2: same overrides, but "
+    assert str(refused.value) == ("error: refusing to average 0_lr0.1_seed1 and 1_lr0.1_seed2: same overrides, but "
                                   "their resolved configs differ in peft.lora_alpha (16 vs 32)")
     assert not (tmp_path / "table.md").exists()
 
@@ -160,3 +160,8 @@ def test_table_from_a_real_learning_rate_sweep(tmp_path):
         assert row.startswith(f"| LoRA-One + adamw | {lr} | 2 | ") and expected in row
     assert (sweep / "table.tex").exists() and (sweep / "loss_toy_math.png").exists()
     print(table.stdout)
+
+
+def test_settings_sort_numbers_numerically():
+    values = ["0.001", "tiny_llama", "1e-05", "0.1", "smollm2_135m"]
+    assert sorted(values, key=make_table.setting_order) == ["1e-05", "0.001", "0.1", "smollm2_135m", "tiny_llama"]
