@@ -8,19 +8,16 @@ evaluators' own `generate` (left padding, KV cache); the ratio of their wall tim
 import argparse
 import os
 import time
-from pathlib import Path
 
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
 from accelerate import Accelerator
-from hydra import compose, initialize_config_dir
 from omegaconf import OmegaConf
 
+from lora_one.config import compose_config
 from lora_one.eval import gsm8k
 from lora_one.eval.generation import Decoding, generate
 from lora_one.models import load_model, load_tokenizer
-
-ROOT = Path(__file__).resolve().parents[1]
 
 
 def main() -> None:
@@ -29,8 +26,7 @@ def main() -> None:
     parser.add_argument("--batch_size", type=int, default=16)
     parser.add_argument("--max_new_tokens", type=int, default=64)
     args = parser.parse_args()
-    with initialize_config_dir(config_dir=str(ROOT / "conf"), version_base="1.3"):
-        cfg = compose(config_name="config", overrides=["model=smollm2_135m", "eval=gsm8k"])
+    cfg = compose_config(["model=smollm2_135m", "eval=gsm8k"])
     task = OmegaConf.merge(cfg.eval.gsm8k, {"limit": args.questions})
     accelerator = Accelerator(cpu=True)
     tokenizer = load_tokenizer(cfg.model, cfg.cache_dir)

@@ -15,19 +15,14 @@ sys.path[:0] = [str(ROOT), str(ROOT / "src")]  # this checkout's package
 
 import torch  # noqa: E402
 from accelerate.utils import set_seed  # noqa: E402
-from hydra import compose, initialize_config_dir  # noqa: E402
 
+from lora_one.config import compose_config  # noqa: E402
 from lora_one.data import encode_rows, load_splits, make_collator  # noqa: E402
 from lora_one.init import init_method  # noqa: E402
 from lora_one.models import add_lora_adapters, load_model, load_tokenizer  # noqa: E402
 
 GSM8K_TRAIN = ROOT.parent / "shared" / "data" / "gsm8k" / "train.jsonl"
 RESULTS = ROOT / "bench" / "results"
-
-
-def compose_config(overrides: list[str]):
-    with initialize_config_dir(config_dir=str(ROOT / "conf"), version_base="1.3"):
-        return compose(config_name="config", overrides=overrides)
 
 
 def init_bench_parser(doc: str, oversampling_help: str | None = None) -> argparse.ArgumentParser:

@@ -1,7 +1,5 @@
 """Evaluate a model on glue; options and defaults: python eval/glue.py --help (conf/eval/glue.yaml)."""
-from pathlib import Path
-
 from lora_one.eval.cli import main
 
 if __name__ == "__main__":
-    main("glue", conf_dir=str(Path(__file__).resolve().parents[1] / "conf"))
+    main("glue")

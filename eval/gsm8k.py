@@ -1,7 +1,5 @@
 """Evaluate a model on gsm8k; options and defaults: python eval/gsm8k.py --help (conf/eval/gsm8k.yaml)."""
-from pathlib import Path
-
 from lora_one.eval.cli import main
 
 if __name__ == "__main__":
-    main("gsm8k", conf_dir=str(Path(__file__).resolve().parents[1] / "conf"))
+    main("gsm8k")

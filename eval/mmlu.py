@@ -1,7 +1,5 @@
 """Evaluate a model on mmlu; options and defaults: python eval/mmlu.py --help (conf/eval/mmlu.yaml)."""
-from pathlib import Path
-
 from lora_one.eval.cli import main
 
 if __name__ == "__main__":
-    main("mmlu", conf_dir=str(Path(__file__).resolve().parents[1] / "conf"))
+    main("mmlu")

@@ -4,7 +4,6 @@ import sys
 from pathlib import Path
 
 import pytest
-from hydra import compose, initialize_config_dir
 
 ROOT = Path(__file__).resolve().parents[1]
 SHARED_DATA = ROOT.parent / "shared" / "data"
@@ -12,13 +11,11 @@ sys.path[:0] = [str(ROOT), str(ROOT / "src")]  # run_exp.py, and this checkout's
 
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 os.environ.setdefault("WANDB_MODE", "disabled")
+os.environ["LORA_ONE_CONF"] = str(ROOT / "conf")  # this checkout's configs, even if another copy is installed
+
+from lora_one.config import compose_config  # noqa: E402  (re-exported for the tests)
 
 TINY = ["model=tiny_llama", "dataset.eval_size=16"]
-
-
-def compose_config(overrides: list[str]):
-    with initialize_config_dir(config_dir=str(ROOT / "conf"), version_base="1.3"):
-        return compose(config_name="config", overrides=overrides)
 
 
 def run_experiment(overrides: list[str], out_dir) -> dict:

@@ -9,7 +9,7 @@ from omegaconf import OmegaConf
 
 from conftest import ROOT, compose_config
 
-GROUPS = ["model", "dataset", "peft", "init", "optim", "eval", "experiment"]
+GROUPS = ["model", "dataset", "peft", "init", "optim", "eval", "paths", "experiment", "debug"]
 
 
 def options(group: str) -> list[str]:
@@ -20,7 +20,7 @@ def options(group: str) -> list[str]:
 def test_every_option_composes_and_resolves(group, option):
     cfg = compose_config([f"{group}={option}"])
     resolved = OmegaConf.to_container(cfg, resolve=True)
-    if group != "experiment":
+    if group not in ("experiment", "debug"):
         assert resolved[group] is not None
 
 
@@ -28,6 +28,21 @@ def test_group_defaults():
     cfg = compose_config([])
     assert (cfg.model.name, cfg.dataset.name, cfg.peft.name, cfg.init.name, cfg.init.direction) == (
         "smollm2_135m", "toy_math", "all", "gradient", "LoRA-One")
+
+
+def test_debug_presets_override_everything_else():
+    cfg = compose_config(["debug=default", "experiment=gsm8k_smollm2"], return_hydra_config=True)
+    assert cfg.model.name == "tiny_llama" and cfg.model.max_steps == 2 and cfg.wandb.mode == "disabled"
+    assert cfg.hydra.run.dir.startswith("outputs/debug/")
+    limited = compose_config(["debug=limit", "experiment=llama2_metamath"])
+    assert limited.model.name == "llama2_7b" and limited.model.max_steps == 3 and limited.dataset.max_train_samples == 64
+
+
+def test_the_data_root_is_written_once(monkeypatch):
+    monkeypatch.setenv("LORA_ONE_DATA", "/data/bench")
+    cfg = compose_config(["eval=[gsm8k,commonsense]"])
+    assert cfg.paths.data_dir == "/data/bench"
+    assert cfg.eval.gsm8k.path.startswith("/data/bench/") and cfg.eval.commonsense.data_dir.startswith("/data/bench/")
 
 
 def test_peft_targets_follow_the_model():

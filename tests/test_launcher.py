@@ -7,15 +7,11 @@ import sys
 import pytest
 from accelerate.commands.config.config_args import load_config_from_file
 from accelerate.utils import DistributedType
-from hydra import compose, initialize_config_dir
-
-from conftest import ROOT, TINY
+from conftest import ROOT, TINY, compose_config
 
 
 def launcher_config(name: str):
-    with initialize_config_dir(config_dir=str(ROOT / "conf"), version_base="1.3"):
-        return compose(config_name="config", overrides=[f"hydra/launcher={name}", "hydra.launcher.gpus_per_node=4"],
-                       return_hydra_config=True).hydra.launcher
+    return compose_config([f"hydra/launcher={name}", "hydra.launcher.gpus_per_node=4"], return_hydra_config=True).hydra.launcher
 
 
 def test_slurm_preset_runs_one_task_per_gpu_with_requeue_on_timeout():

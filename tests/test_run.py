@@ -114,6 +114,8 @@ def bad_jsonl(tmp_path):
     (["model.path=/no/such/model"], "model.path '/no/such/model' does not exist"),
     (["dataset=gsm8k", "dataset.path=/no/such.jsonl"], "dataset.path '/no/such.jsonl' does not exist"),
     (["dataset=gsm8k", "BAD_FILE"], r"bad.jsonl: line 6 has no field 'answer'"),
+    (["eval=humaneval"], r"eval.humaneval.confirm_run_unsafe_code=true is required"),  # before training, not after
+    (["eval=glue"], r"eval.glue.task 'toy_math' is not a GLUE task"),
 ])
 def test_bad_input_stops_with_one_clear_error(tmp_path, overrides, message):
     overrides = [bad_jsonl(tmp_path) if o == "BAD_FILE" else o for o in overrides]

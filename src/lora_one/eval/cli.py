@@ -12,10 +12,10 @@ import torch
 import yaml
 from accelerate import Accelerator
 from accelerate.utils import set_seed
-from hydra import compose, initialize_config_dir
 from omegaconf import DictConfig, OmegaConf
 
 from lora_one import ConfigError
+from lora_one.config import compose_config, conf_dir
 from lora_one.eval.runner import BENCHMARKS, output_name, predictions_path, run_benchmark
 from lora_one.models import load_model, load_tokenizer
 
@@ -42,14 +42,13 @@ def build_parser(task: str, defaults: DictConfig) -> argparse.ArgumentParser:
     return parser
 
 
-def compose_config(task: str, args: argparse.Namespace, conf_dir: str) -> DictConfig:
+def task_config(task: str, args: argparse.Namespace) -> DictConfig:
     """The run config with `eval=<task>` and the chosen model, the command line's values applied."""
-    model_option = args.model if os.path.exists(os.path.join(conf_dir, "model", f"{args.model}.yaml")) else None
+    model_option = args.model if (conf_dir() / "model" / f"{args.model}.yaml").exists() else None
     overrides = [f"eval={task}", f"seed={args.seed}"] + ([f"model={model_option}"] if model_option else [])
     cli_overrides = getattr(BENCHMARKS[task], "cli_overrides", None)  # e.g. glue: --task picks the dataset config
     overrides += cli_overrides(args) if cli_overrides else []
-    with initialize_config_dir(config_dir=os.path.abspath(conf_dir), version_base="1.3"):
-        cfg = compose(config_name="config", overrides=overrides)
+    cfg = compose_config(overrides)
     if model_option is None:  # a path or hub id, read with the default model config's settings
         cfg.model.path = args.model
     if args.dtype:
@@ -73,15 +72,14 @@ def load_for_eval(cfg: DictConfig, adapter: str | None, accelerator: Accelerator
     return model.to(accelerator.device), tokenizer
 
 
-def main(task: str, conf_dir: str, argv: list[str] | None = None) -> dict:
+def main(task: str, argv: list[str] | None = None) -> dict:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
-    with initialize_config_dir(config_dir=os.path.abspath(conf_dir), version_base="1.3"):
-        defaults = compose(config_name="config", overrides=[f"eval={task}"]).eval[task]
+    defaults = compose_config([f"eval={task}"]).eval[task]
     args = build_parser(task, defaults).parse_args(argv)
     start = time.perf_counter()
     try:
-        cfg = compose_config(task, args, conf_dir)
+        cfg = task_config(task, args)
         task_cfg = cfg.eval[task]
         os.makedirs(args.output_dir, exist_ok=True)
         if args.predictions:

@@ -47,6 +47,17 @@ def run_benchmark(task: str, cfg, out_dir: str, model=None, tokenizer=None, acce
     return metrics
 
 
+def check_eval_config(eval_cfg) -> None:
+    """Before any work: every configured benchmark is known and its settings pass its own check
+    (e.g. HumanEval's opt-in to run model code, GLUE's task matching the dataset)."""
+    for task in eval_cfg:
+        if task not in BENCHMARKS:
+            raise ConfigError(f"eval task '{task}' is unknown; use some of {sorted(BENCHMARKS)}")
+        check = getattr(BENCHMARKS[task], "check_config", None)
+        if check is not None:
+            check(eval_cfg[task])
+
+
 def run_evaluators(eval_cfg, model, tokenizer, accelerator, out_dir: str) -> dict:
     """Every benchmark configured under `eval` (conf/eval), in order: {task: metrics}."""
     return {task: run_benchmark(task, eval_cfg[task], out_dir, model, tokenizer, accelerator) for task in eval_cfg}
