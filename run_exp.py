@@ -11,6 +11,7 @@ import math
 import os
 import shutil
 import sys
+import time
 
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
@@ -30,6 +31,8 @@ from lora_one.data import encode_rows, load_splits, make_batches, make_collator
 from lora_one.eval import run_evaluators
 from lora_one.init import METHODS, InitMethod, init_method, redo_base_offset, save_init_artifacts, save_initial_adapter
 from lora_one.models import add_lora_adapters, load_model, load_tokenizer
+from lora_one.models.loading import name_base_model
+from lora_one.provenance import provenance
 from lora_one.profiling import measure
 from lora_one.tracking import Tracker, check_tracking_config, sweep_group
 from lora_one.train import build_optimizer, build_scheduler, evaluate_loss, train
@@ -87,6 +90,7 @@ def rebuild_adapters(cfg: DictConfig, method: InitMethod, model, checkpoint: str
 
 def run(cfg: DictConfig, out_dir: str, wandb_group: str | None = None) -> dict:
     """Train and evaluate in `out_dir`, or continue there from a checkpoint (`cfg.resume`), skipping the init."""
+    start_time = time.time()
     validate_config(cfg)
     check_checkpoint_config(cfg)
     check_tracking_config(cfg.wandb)
@@ -161,6 +165,7 @@ def run(cfg: DictConfig, out_dir: str, wandb_group: str | None = None) -> dict:
     if accelerator.is_main_process:
         conversion = os.path.join(init_dir, "adapter") if method.moves_base else None
         peft_model.save_pretrained(os.path.join(out_dir, "adapter"), path_initial_model_for_weight_conversion=conversion)
+        name_base_model(os.path.join(out_dir, "adapter"), cfg.model)  # the hub id, not this machine's cache path
         if cfg.model.saving:
             merged = peft_model.merge_and_unload()
             merged.save_pretrained(os.path.join(out_dir, "merged"))
@@ -188,6 +193,7 @@ def run(cfg: DictConfig, out_dir: str, wandb_group: str | None = None) -> dict:
     }
     # benchmarks chosen by conf/eval on the trained model: <task>_predictions.jsonl here, metrics under "eval"
     results["eval"] = run_evaluators(cfg.eval, peft_model, tokenizer, accelerator, out_dir)
+    results["provenance"] = provenance(start_time)  # code version, packages, device, start/end times
     if accelerator.is_main_process:
         write_json(os.path.join(out_dir, "results.json"), results)
         log.info("eval loss %.4f after %d steps; results in %s", eval_loss_final, history.step, out_dir)
