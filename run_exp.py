@@ -30,6 +30,7 @@ from lora_one.config import accumulation_steps, validate_config
 from lora_one.data import encode_rows, load_splits, make_batches, make_collator
 from lora_one.eval import run_evaluators
 from lora_one.init import METHODS, InitMethod, init_method, redo_base_offset, save_init_artifacts, save_initial_adapter
+from lora_one.init.dora import restore_exported_magnitudes
 from lora_one.models import add_lora_adapters, load_model, load_tokenizer
 from lora_one.models.loading import name_base_model
 from lora_one.provenance import provenance
@@ -165,6 +166,8 @@ def run(cfg: DictConfig, out_dir: str, wandb_group: str | None = None) -> dict:
     if accelerator.is_main_process:
         conversion = os.path.join(init_dir, "adapter") if method.moves_base else None
         peft_model.save_pretrained(os.path.join(out_dir, "adapter"), path_initial_model_for_weight_conversion=conversion)
+        if conversion:
+            restore_exported_magnitudes(peft_model, os.path.join(out_dir, "adapter"))  # DoRA: PEFT's conversion drops m
         name_base_model(os.path.join(out_dir, "adapter"), cfg.model)  # the hub id, not this machine's cache path
         if cfg.model.saving:
             merged = peft_model.merge_and_unload()

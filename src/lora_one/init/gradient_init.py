@@ -13,6 +13,7 @@ from safetensors.torch import load_file, save_file
 from tqdm.auto import tqdm
 
 from lora_one import ConfigError
+from lora_one.init.dora import rebuild_magnitude
 from lora_one.init.estimators import exact_full_gradient, sketched_gradient
 from lora_one.init.method import InitMethod, InitReport
 from lora_one.init.spectral import SCALES, SVD_METHODS, scale_factors, top_singular_triplets
@@ -66,6 +67,7 @@ class GradientInit(InitMethod):
             B, A = scale_factors(*self.factors(U, S, Vh, r), cfg.scale, self.stable_factor(U.shape[0], cfg.stable_gamma),
                                  layer.scaling[ADAPTER])
             write_factors(layer, B, A, offset_base=self.moves_base)
+            rebuild_magnitude(layer)  # DoRA: m = ‖W + s·B₀A₀‖, so the init's model is the one DoRA starts from
             stats[name] = spectrum_stats(S, r, frobenius_sq)
         return stats
 

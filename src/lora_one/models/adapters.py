@@ -45,6 +45,7 @@ def add_lora_adapters(model: PreTrainedModel, peft_cfg: DictConfig, model_type: 
         lora_alpha=peft_cfg.lora_alpha,
         lora_dropout=peft_cfg.lora_dropout,
         use_rslora=peft_cfg.use_rslora,
+        use_dora=peft_cfg.use_dora,
         target_modules=targets,
         task_type=TASK_TYPES[model_type],
         rank_pattern=rank_pattern or {},
