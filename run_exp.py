@@ -71,7 +71,7 @@ def init_adapters(cfg: DictConfig, method: InitMethod, model, eval_loader, init_
     rank_pattern = dict(model.peft_config["default"].rank_pattern)  # per-layer ranks an init chose (EVA, rho > 1)
     return model, {"init_method": method.name, "init_time_s": init_usage.seconds, "init_peak_mem_mb": init_usage.peak_mem_mb,
                    "init_layers": report.layer_stats, "rank_pattern": rank_pattern,
-                   "eval_loss_base": eval_loss_base, "eval_loss_after_init": eval_loss_init}
+                   "eval_loss_base": eval_loss_base, "eval_loss_after_init": eval_loss_init, **report.extra}
 
 
 def rebuild_adapters(cfg: DictConfig, method: InitMethod, model, checkpoint: str, accelerator: Accelerator, init_dir: str):
@@ -118,7 +118,7 @@ def run(cfg: DictConfig, out_dir: str, wandb_group: str | None = None) -> dict:
     if method.needs_batches:
         init_set = train_set if cfg.init.max_length == cfg.model.max_length else \
             encode_rows(tokenizer, train_examples, cfg.init.max_length, seq2seq)
-        init_batches = make_batches(tokenizer, init_set, cfg.init.bsz, cfg.init.iters)
+        init_batches = make_batches(tokenizer, init_set, cfg.init.bsz, method.batch_count(cfg.init))
 
     # --- base model with adapters: initialised (first launch) or rebuilt to resume from a checkpoint
     model = load_model(cfg.model, tokenizer, cfg.cache_dir).to(accelerator.device)

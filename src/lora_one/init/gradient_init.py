@@ -14,6 +14,7 @@ from tqdm.auto import tqdm
 
 from lora_one import ConfigError
 from lora_one.init.dora import rebuild_magnitude
+from lora_one.init.gamma_search import AUTO, check_search_config, search_gamma
 from lora_one.init.estimators import exact_full_gradient, sketched_gradient
 from lora_one.init.method import InitMethod, InitReport
 from lora_one.init.spectral import SCALES, SVD_METHODS, scale_factors, top_singular_triplets
@@ -40,8 +41,13 @@ class GradientInit(InitMethod):
     def check_config(self, cfg: DictConfig) -> None:
         if cfg.scale not in SCALES:
             raise ConfigError(f"init.scale '{cfg.scale}' is unknown; use one of {SCALES}")
-        if not cfg.stable_gamma > 0:
-            raise ConfigError(f"init.stable_gamma must be > 0 (got {cfg.stable_gamma})")
+        if cfg.stable_gamma == AUTO:
+            if self.moves_base or cfg.scale != "stable":
+                raise ConfigError(f"init.stable_gamma=auto needs init.scale=stable and an init that keeps the base "
+                                  f"({self.name} with scale={cfg.scale}: the initial loss does not depend on γ); give a number")
+            check_search_config(cfg.gamma_search)
+        elif not cfg.stable_gamma > 0:
+            raise ConfigError(f"init.stable_gamma must be > 0 or auto (got {cfg.stable_gamma})")
         if cfg.bsz < 1 or cfg.iters < 1:
             raise ConfigError(f"init.bsz and init.iters must be ≥ 1 (got {cfg.bsz}, {cfg.iters})")
         if cfg.estimator not in ESTIMATORS:
@@ -53,18 +59,26 @@ class GradientInit(InitMethod):
         if cfg.checkpointing not in ("auto", True, False):
             raise ConfigError(f"init.checkpointing must be auto, true or false (got {cfg.checkpointing})")
 
+    def batch_count(self, cfg: DictConfig) -> int:
+        """`iters` micro-batches for G, then, with γ=auto, `gamma_search.batches` held out for the search."""
+        return cfg.iters + (cfg.gamma_search.batches if cfg.stable_gamma == AUTO else 0)
+
     def initialise(self, model, cfg, batches, accelerator, seq2seq) -> InitReport:
         needed = {name: self.singular_directions(layer.r[ADAPTER]) for name, layer in lora_layers(model).items()}
-        grads, spectra = gradient_spectra(model, cfg, batches, accelerator, needed, seq2seq)
-        return InitReport(layer_stats=self.write_adapters(model, cfg, spectra), gradients=grads)
+        grads, spectra = gradient_spectra(model, cfg, batches[: cfg.iters], accelerator, needed, seq2seq)
+        if cfg.stable_gamma != AUTO:
+            return InitReport(layer_stats=self.write_adapters(model, cfg, spectra, cfg.stable_gamma), gradients=grads)
+        stats = self.write_adapters(model, cfg, spectra, 1.0)
+        search = search_gamma(model, cfg.gamma_search, batches[cfg.iters :], accelerator.device)
+        return InitReport(layer_stats=stats, gradients=grads, extra={"gamma_search": search})
 
-    def write_adapters(self, model: PeftModel, cfg: DictConfig, spectra: dict) -> dict[str, dict]:
-        """Set every adapter from its layer's (U, S, Vh, ‖G‖²_F); returns the per-layer statistics."""
+    def write_adapters(self, model: PeftModel, cfg: DictConfig, spectra: dict, gamma: float) -> dict[str, dict]:
+        """Set every adapter from its layer's (U, S, Vh, ‖G‖²_F) at this γ; returns the per-layer statistics."""
         stats = {}
         for name, layer in lora_layers(model).items():
             r = layer.r[ADAPTER]
             U, S, Vh, frobenius_sq = spectra[name]
-            B, A = scale_factors(*self.factors(U, S, Vh, r), cfg.scale, self.stable_factor(U.shape[0], cfg.stable_gamma),
+            B, A = scale_factors(*self.factors(U, S, Vh, r), cfg.scale, self.stable_factor(U.shape[0], gamma),
                                  layer.scaling[ADAPTER])
             write_factors(layer, B, A, offset_base=self.moves_base)
             rebuild_magnitude(layer)  # DoRA: m = ‖W + s·B₀A₀‖, so the init's model is the one DoRA starts from

@@ -21,11 +21,13 @@ from lora_one import ConfigError
 
 @dataclass
 class InitReport:
-    """What an init tells the run: per-layer statistics for results.json, and G per layer when the
-    method formed it and kept it (for `init.save_artifacts`)."""
+    """What an init tells the run: per-layer statistics for results.json, G per layer when the
+    method formed it and kept it (for `init.save_artifacts`), and anything else results.json should
+    record about the init (`extra`, e.g. the γ search of `init.stable_gamma=auto`)."""
 
     layer_stats: dict[str, dict] = field(default_factory=dict)
     gradients: dict[str, torch.Tensor] | None = None
+    extra: dict = field(default_factory=dict)
 
 
 class InitMethod:
@@ -43,6 +45,11 @@ class InitMethod:
     def singular_directions(self, r: int) -> int:
         """How many top singular triplets of G the method needs at LoRA rank r (0: it never uses G)."""
         return 0
+
+    def batch_count(self, cfg: DictConfig) -> int:
+        """How many `init.bsz` micro-batches `initialise` reads when `needs_batches` (the first of the
+        seeded training order)."""
+        return cfg.iters
 
     def check_config(self, cfg: DictConfig) -> None:
         """Raise one ConfigError naming the first bad `init.*` setting."""
