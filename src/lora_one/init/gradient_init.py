@@ -67,13 +67,15 @@ class GradientInit(InitMethod):
         needed = {name: self.singular_directions(layer.r[ADAPTER]) for name, layer in lora_layers(model).items()}
         grads, spectra = gradient_spectra(model, cfg, batches[: cfg.iters], accelerator, needed, seq2seq)
         if cfg.stable_gamma != AUTO:
-            return InitReport(layer_stats=self.write_adapters(model, cfg, spectra, cfg.stable_gamma), gradients=grads)
+            return InitReport(layer_stats=self.write_adapters(model, cfg, spectra), gradients=grads)
         stats = self.write_adapters(model, cfg, spectra, 1.0)
         search = search_gamma(model, cfg.gamma_search, batches[cfg.iters :], accelerator.device)
         return InitReport(layer_stats=stats, gradients=grads, extra={"gamma_search": search})
 
-    def write_adapters(self, model: PeftModel, cfg: DictConfig, spectra: dict, gamma: float) -> dict[str, dict]:
-        """Set every adapter from its layer's (U, S, Vh, ‖G‖²_F) at this γ; returns the per-layer statistics."""
+    def write_adapters(self, model: PeftModel, cfg: DictConfig, spectra: dict, gamma: float | None = None) -> dict[str, dict]:
+        """Set every adapter from its layer's (U, S, Vh, ‖G‖²_F) at γ (default `init.stable_gamma`);
+        returns the per-layer statistics."""
+        gamma = cfg.stable_gamma if gamma is None else gamma
         stats = {}
         for name, layer in lora_layers(model).items():
             r = layer.r[ADAPTER]
