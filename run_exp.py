@@ -4,6 +4,7 @@ config → seed → data → model + adapters → init → train → merge/save 
     python run_exp.py                                   # embedded default, offline, CPU
     python run_exp.py -m ++init.direction=LoRA-One,LoRA-GA seed=1,2,3
 """
+import contextlib
 import hashlib
 import json
 import logging
@@ -26,7 +27,7 @@ from torch.utils.data import DataLoader
 from lora_one import ConfigError
 from lora_one.checkpoint import check_checkpoint_config, check_same_training, checkpoint_to_resume, load_checkpoint, \
     read_run_info, run_dir_of, save_checkpoint, training_config
-from lora_one.config import accumulation_steps, validate_config
+from lora_one.config import accumulation_steps, check_config_keys, validate_config
 from lora_one.data import encode_rows, load_splits, make_batches, make_collator
 from lora_one.eval import run_evaluators
 from lora_one.init import METHODS, InitMethod, init_method, redo_base_offset, save_init_artifacts, save_initial_adapter
@@ -35,20 +36,13 @@ from lora_one.models import add_lora_adapters, load_model, load_tokenizer
 from lora_one.models.loading import name_base_model
 from lora_one.provenance import provenance
 from lora_one.profiling import measure
+from lora_one.run_dir import RunDirError, RunDirLock, storage_failure, write_json
 from lora_one.tracking import Tracker, check_tracking_config, sweep_group
 from lora_one.train import build_optimizer, build_scheduler, evaluate_loss, train
-from lora_one.train.loop import TrainState
+from lora_one.train.loop import NonFiniteLoss, TrainState
 from lora_one.train.preemption import PreemptionSignal
 
 log = logging.getLogger("run_exp")
-
-
-def write_json(path: str, payload: dict) -> None:
-    """Write via a temporary file and rename, so a crash never leaves a truncated results file."""
-    tmp = f"{path}.tmp"
-    with open(tmp, "w") as f:
-        json.dump(payload, f, indent=2)
-    os.replace(tmp, path)
 
 
 def init_adapters(cfg: DictConfig, method: InitMethod, model, eval_loader, init_batches, accelerator: Accelerator,
@@ -57,6 +51,7 @@ def init_adapters(cfg: DictConfig, method: InitMethod, model, eval_loader, init_
     the data-driven ones (LoRA-One, LoRA-GA, EVA) right after; the time and memory cover both, so all
     methods compare fairly. Returns the model and what results.json reports about the init."""
     eval_loss_base = evaluate_loss(model, eval_loader, accelerator)
+    log.info("init %s: starting", method.name)
     with measure(accelerator.device) as init_usage:
         model = add_lora_adapters(model, cfg.peft, cfg.model.type, method, cfg.init)
         report = method.initialise(model, cfg.init, init_batches, accelerator, cfg.model.type == "seq2seq")
@@ -154,7 +149,7 @@ def run(cfg: DictConfig, out_dir: str, wandb_group: str | None = None) -> dict:
 
         preemption = PreemptionSignal()
         history = train(model, optimizer, scheduler, train_loader, accelerator, total_steps, cfg.optim.max_grad_norm,
-                        shuffle, history, after_step, preemption.requested)
+                        shuffle, history, after_step, preemption.requested, cfg.log_every)
         if history.interrupted:  # the checkpoint is written: requeue (slurm) and exit
             tracker.finish()
             preemption.hand_over(accelerator.is_main_process)
@@ -208,10 +203,19 @@ def run(cfg: DictConfig, out_dir: str, wandb_group: str | None = None) -> dict:
 def main(cfg: DictConfig) -> float:
     hydra_cfg = HydraConfig.get()
     export_submitit_ranks()
+    overrides = list(hydra_cfg.overrides.task)
+    first_rank = int(os.environ.get("RANK", "0")) == 0
     try:
-        return run(cfg, hydra_cfg.runtime.output_dir, sweep_group(list(hydra_cfg.overrides.task)))["eval_loss"]
-    except ConfigError as err:  # bad config or data: one line naming the culprit, no traceback
+        check_config_keys(cfg, overrides)  # a typo'd ++key, a word where a number belongs
+        with RunDirLock(hydra_cfg.runtime.output_dir) if first_rank else contextlib.nullcontext():  # one run per dir
+            return run(cfg, hydra_cfg.runtime.output_dir, sweep_group(overrides))["eval_loss"]
+    except (ConfigError, RunDirError, NonFiniteLoss) as err:  # one line naming the culprit, no traceback
         raise SystemExit(f"error: {err}") from None
+    except (OSError, RuntimeError) as err:  # a full disk, a read-only or vanished run dir: the path and the cause
+        failure = storage_failure(err, hydra_cfg.runtime.output_dir)
+        if failure is None:
+            raise
+        raise SystemExit(f"error: {failure}") from None
 
 
 def export_submitit_ranks() -> None:

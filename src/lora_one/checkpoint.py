@@ -6,7 +6,11 @@ drawn, the shuffle generator's state when the epoch began), plus the run's histo
 base is rebuilt from the model config; an init that moved it (LoRA-GA, PiSSA: W_res = W₀ − s·B₀A₀) is
 redone from the initial adapter in `<run dir>/init/adapter` (init.redo_base_offset), so the base is never stored.
 It is written into a temporary directory renamed when complete: a `step_<N>` directory is never partial.
+Its last file, `manifest.json`, holds each file's size and sha256: a checkpoint damaged afterwards (a
+truncated copy, a disk error) is named with its bad file, and `resume=auto` falls back to the newest
+intact one (`checkpoint.keep` ≥ 2 keeps one to fall back to).
 """
+import hashlib
 import json
 import logging
 import os
@@ -21,12 +25,14 @@ from peft import PeftModel
 from safetensors.torch import load_file, save_file
 
 from lora_one import ConfigError
+from lora_one.run_dir import write_json, writing
 from lora_one.train.loop import TrainState
 
 log = logging.getLogger(__name__)
 
 CHECKPOINTS = "checkpoints"
 PREFIX = "step_"
+MANIFEST = "manifest.json"
 BOOKKEEPING_KEYS = ("resume", "checkpoint", "wandb", "eval", "cache_dir")
 
 
@@ -55,11 +61,61 @@ def check_checkpoint_config(cfg: DictConfig) -> None:
         raise ConfigError("resume must be auto, never or a path (got nothing)")
 
 
+def sha256_of(path: str) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+def write_manifest(checkpoint: str) -> None:
+    """Size and sha256 of every file of the checkpoint, written last."""
+    files = {name: {"bytes": os.path.getsize(os.path.join(checkpoint, name)), "sha256": sha256_of(os.path.join(checkpoint, name))}
+             for name in sorted(os.listdir(checkpoint)) if name != MANIFEST}
+    write_json(os.path.join(checkpoint, MANIFEST), {"files": files}, indent=1)
+
+
+def checkpoint_damage(checkpoint: str) -> str | None:
+    """What is wrong with a checkpoint's files against its manifest (the first bad file, named), or
+    None if all are intact. A checkpoint without a manifest predates checksums: not checked."""
+    manifest_path = os.path.join(checkpoint, MANIFEST)
+    if not os.path.exists(manifest_path):
+        log.warning("checkpoint %s has no %s (written before checksums): not verified", checkpoint, MANIFEST)
+        return None
+    try:
+        with open(manifest_path) as f:
+            files = json.load(f)["files"]
+    except (ValueError, KeyError, TypeError):
+        return f"{MANIFEST} is not a valid manifest"
+    for name, expected in files.items():
+        path = os.path.join(checkpoint, name)
+        if not os.path.isfile(path):
+            return f"{name} is missing"
+        size = os.path.getsize(path)
+        if size != expected["bytes"]:
+            return f"{name} is {size} bytes, {expected['bytes']} were written (truncated?)"
+        if sha256_of(path) != expected["sha256"]:
+            return f"{name} does not match its sha256 (damaged)"
+    return None
+
+
 def latest_checkpoint(run_dir: str) -> str | None:
-    """The newest complete checkpoint of a run directory, or None."""
+    """The newest intact checkpoint of a run directory, or None if it has none. Damaged newer ones are
+    reported (warning, naming the file) and skipped; if all are damaged, a ConfigError names the newest."""
     root = os.path.join(run_dir, CHECKPOINTS)
     steps = [int(name[len(PREFIX):]) for name in os.listdir(root) if name.startswith(PREFIX)] if os.path.isdir(root) else []
-    return os.path.join(root, f"{PREFIX}{max(steps)}") if steps else None
+    damaged = []
+    for step in sorted(steps, reverse=True):
+        checkpoint = os.path.join(root, f"{PREFIX}{step}")
+        damage = checkpoint_damage(checkpoint)
+        if damage is None:
+            return checkpoint
+        log.warning("checkpoint %s is damaged: %s; falling back to an older one", checkpoint, damage)
+        damaged.append(f"{checkpoint}: {damage}")
+    if damaged:
+        raise ConfigError(f"no intact checkpoint in {root} ({damaged[0]}); resume=never starts over")
+    return None
 
 
 def checkpoint_to_resume(resume: str, run_dir: str) -> str | None:
@@ -70,6 +126,9 @@ def checkpoint_to_resume(resume: str, run_dir: str) -> str | None:
     if resume == "auto":
         return latest_checkpoint(run_dir)
     if os.path.isfile(os.path.join(resume, "trainer_state.json")):
+        damage = checkpoint_damage(resume)
+        if damage is not None:
+            raise ConfigError(f"checkpoint {resume} is damaged: {damage}")
         return resume
     found = latest_checkpoint(resume) if os.path.isdir(resume) else None
     if found is None:
@@ -110,15 +169,16 @@ def save_checkpoint(run_dir: str, model, optimizer, scheduler, state: TrainState
     accelerator.wait_for_everyone()
     torch.save(rng_states(shuffle, state), os.path.join(tmp, f"rng_{accelerator.process_index}.pt"))
     if accelerator.is_main_process:
-        save_file(trainable_state(accelerator.unwrap_model(model)), os.path.join(tmp, "trainable.safetensors"))
-        torch.save(optimizer.state_dict(), os.path.join(tmp, "optimizer.pt"))
-        torch.save(scheduler.state_dict(), os.path.join(tmp, "scheduler.pt"))
+        with writing(final):
+            save_file(trainable_state(accelerator.unwrap_model(model)), os.path.join(tmp, "trainable.safetensors"))
+            torch.save(optimizer.state_dict(), os.path.join(tmp, "optimizer.pt"))
+            torch.save(scheduler.state_dict(), os.path.join(tmp, "scheduler.pt"))
         trainer_state = {k: v for k, v in vars(state).items() if k not in ("epoch_shuffle_state", "interrupted")}
         trainer_state.update(num_processes=accelerator.num_processes, run_info=run_info, config=config)
-        with open(os.path.join(tmp, "trainer_state.json"), "w") as f:
-            json.dump(trainer_state, f, indent=1)
+        write_json(os.path.join(tmp, "trainer_state.json"), trainer_state, indent=1)
     accelerator.wait_for_everyone()
     if accelerator.is_main_process:
+        write_manifest(tmp)  # last: every process's files are in
         shutil.rmtree(final, ignore_errors=True)  # the same step saved again after a resume
         os.replace(tmp, final)
         older = sorted(int(n[len(PREFIX):]) for n in os.listdir(root) if n.startswith(PREFIX))[:-keep]

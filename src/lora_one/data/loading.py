@@ -1,5 +1,6 @@
 """Load a training set (hub id, local file, or the generated toy set), check every row, and turn
 it into (prompt, response) pairs with the dataset's template."""
+import contextlib
 import logging
 import os
 import random
@@ -44,10 +45,31 @@ def load_raw_rows(cfg: DictConfig, seed: int) -> tuple[list[dict], str]:
         return generate_toy_math(int(cfg.num_generated), seed), f"toy_math(n={cfg.num_generated}, seed={seed})"
     if not cfg.hub_id:
         raise ConfigError(f"dataset '{cfg.name}' has neither dataset.path nor dataset.hub_id")
+    ds = load_hub_dataset(cfg.hub_id, cfg.hub_config, cfg.split, "dataset.path")
+    return ds.to_list(), f"{cfg.hub_id}[{cfg.hub_config or ''}:{cfg.split}]"
+
+
+def load_hub_dataset(hub_id: str, config: str | None, split: str, local_setting: str):
+    """`datasets.load_dataset` of a hub dataset (see `reaching_hub` for when it is unavailable)."""
     import datasets
 
-    ds = datasets.load_dataset(cfg.hub_id, cfg.hub_config, split=cfg.split)
-    return ds.to_list(), f"{cfg.hub_id}[{cfg.hub_config or ''}:{cfg.split}]"
+    with reaching_hub(hub_id, config, split, local_setting):
+        return datasets.load_dataset(hub_id, config, split=split)
+
+
+@contextlib.contextmanager
+def reaching_hub(hub_id: str, config: str | None, split: str, local_setting: str):
+    """A hub dataset that is neither cached nor reachable (HF_HUB_OFFLINE=1, no network, no such repo)
+    is one ConfigError naming it, the cause, and the setting (`local_setting`) for a local copy."""
+    import datasets
+
+    try:
+        yield
+    except (ConnectionError, FileNotFoundError) as err:  # DatasetNotFoundError is a FileNotFoundError
+        offline = ", HF_HUB_OFFLINE=1" if datasets.config.HF_HUB_OFFLINE else ""
+        cause = " ".join(str(err).split())  # one line
+        raise ConfigError(f"hub dataset '{hub_id}' (config {config}, split {split}) is neither cached nor reachable "
+                          f"({cause}{offline}): download it once with network, or set {local_setting} to a local copy") from err
 
 
 def to_examples(rows: list[dict], cfg: DictConfig, source: str) -> list[dict[str, str]]:
@@ -85,6 +107,9 @@ def load_splits(cfg: DictConfig, seed: int) -> tuple[list[dict[str, str]], list[
     examples = to_examples(rows, cfg, source)
     random.Random(seed).shuffle(examples)
     eval_size = min(int(cfg.eval_size), len(examples) // 10)
+    if eval_size < 1:
+        raise ConfigError(f"dataset '{cfg.name}' from {source}: {len(examples)} rows leave no held-out row for the "
+                          f"eval loss (dataset.eval_size={cfg.eval_size}, at most a tenth of the rows is held out)")
     held_out, train = examples[:eval_size], examples[eval_size:]
     if cfg.max_train_samples:
         train = train[: int(cfg.max_train_samples)]

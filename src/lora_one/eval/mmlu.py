@@ -8,6 +8,7 @@ import os
 import torch
 
 from lora_one import ConfigError
+from lora_one.data.loading import load_hub_dataset, reaching_hub
 from lora_one.eval.answers import extract_letter
 from lora_one.eval.generation import map_batches, prompt_lengths
 from lora_one.eval.records import read_completions, select
@@ -51,13 +52,24 @@ def read_csv_split(data_dir: str, split: str) -> dict[str, list[dict]]:
 
 
 def read_hub_split(split: str) -> dict[str, list[dict]]:
-    import datasets
-
     by_subject = {}
-    for row in datasets.load_dataset(HUB_ID, "all", split=split):
+    for row in load_hub_dataset(HUB_ID, "all", split, "eval.mmlu.data_dir"):
         by_subject.setdefault(row["subject"], []).append(
             {"question": row["question"], "choices": row["choices"], "answer": int(row["answer"])})
     return by_subject
+
+
+def check_config(cfg) -> None:
+    """Before any training: the questions are there (the CSV folder, or cais/mmlu cached or reachable)."""
+    if cfg.data_dir:
+        data_dir = os.path.expanduser(str(cfg.data_dir))
+        if not glob.glob(os.path.join(data_dir, "test", "*_test.csv")):
+            raise ConfigError(f"eval.mmlu.data_dir '{cfg.data_dir}' has no test/*_test.csv")
+        return
+    import datasets
+
+    with reaching_hub(HUB_ID, "all", "test", "eval.mmlu.data_dir"):
+        datasets.load_dataset_builder(HUB_ID, "all")
 
 
 def format_question(row: dict, with_answer: bool) -> str:

@@ -1,4 +1,6 @@
 """The training loop and the held-out loss (Accelerate: one CPU, many GPUs, many nodes)."""
+import logging
+import math
 import time
 from dataclasses import dataclass, field
 from typing import Callable
@@ -7,19 +9,31 @@ import torch
 from accelerate import Accelerator
 from tqdm.auto import tqdm
 
+log = logging.getLogger(__name__)
+
+
+class NonFiniteLoss(RuntimeError):
+    """The training loss or the gradient norm of a step is NaN or ±inf: training stops before that
+    step's update, so no weight (and no checkpoint) is ever non-finite."""
+
 
 @torch.no_grad()
 def evaluate_loss(model, loader, accelerator: Accelerator) -> float:
-    """Mean over the held-out batches of each batch's mean token loss (dropout off)."""
+    """Mean over the held-out batches of each batch's mean token loss (dropout off). Logged at the
+    start and the end (slurm's .out files show no tqdm redraws)."""
+    if len(loader) == 0:
+        raise ValueError("the held-out set is empty: no eval loss")
     was_training = model.training
     model.eval()
+    start = time.perf_counter()
+    log.info("held-out loss: %d batches per process…", len(loader))
     losses = []
     for batch in loader:
         losses.append(model(**batch).loss.detach().reshape(1))
     model.train(was_training)
-    if not losses:
-        return float("nan")
-    return accelerator.gather_for_metrics(torch.cat(losses)).mean().item()
+    mean = accelerator.gather_for_metrics(torch.cat(losses)).mean().item()
+    log.info("held-out loss %.4f (%d batches, %.1f s)", mean, len(losses), time.perf_counter() - start)
+    return mean
 
 
 @dataclass
@@ -45,7 +59,7 @@ class TrainState:
 def train(model, optimizer, scheduler, loader, accelerator: Accelerator, total_steps: int, max_grad_norm: float,
           shuffle: torch.Generator, state: TrainState | None = None,
           after_step: Callable[[TrainState, bool], None] | None = None,
-          stop_requested: Callable[[], bool] = lambda: False) -> TrainState:
+          stop_requested: Callable[[], bool] = lambda: False, log_every: int = 0) -> TrainState:
     """Run optimizer steps until `total_steps` (each `gradient_accumulation_steps` micro-batches per
     process, cycling over epochs), continuing from `state` if given. The schedule is stepped once per
     optimizer step, by hand, so it is the same for any number of processes.
@@ -53,7 +67,12 @@ def train(model, optimizer, scheduler, loader, accelerator: Accelerator, total_s
     `shuffle` is the generator of the loader's shuffling: its state at the start of each epoch goes
     into the state, so a resumed run replays the same permutation and skips the batches already
     drawn. After each step, `after_step(state, stopping)` runs on every process (logging,
-    checkpoints); `stopping` is true once any process's `stop_requested()` was, and training ends."""
+    checkpoints); `stopping` is true once any process's `stop_requested()` was, and training ends.
+
+    Before each update the loss and the gradient norm (all-reduced: every process decides alike) must be
+    finite, else NonFiniteLoss names the step and nothing is updated. The norm is computed even without
+    clipping (`max_grad_norm` 0/None: a max of inf, which scales by exactly 1). Every `log_every`
+    steps, and at the last, one line with the loss goes to the log."""
     state = state or TrainState()
     params = [p for p in model.parameters() if p.requires_grad]
     window_loss, window_batches, window_tokens = 0.0, 0, 0
@@ -75,19 +94,23 @@ def train(model, optimizer, scheduler, loader, accelerator: Accelerator, total_s
                 window_loss += loss.detach().float()
                 window_batches += 1
                 window_tokens += batch["attention_mask"].sum()  # stays on the device: no sync per micro-batch
-                if accelerator.sync_gradients:
-                    grad_norm = accelerator.clip_grad_norm_(params, max_grad_norm) if max_grad_norm else None
+                if not accelerator.sync_gradients:
+                    continue
+                grad_norm = float(accelerator.clip_grad_norm_(params, max_grad_norm or math.inf))
+                # one collective per step: loss, tokens and the stop flag of every process
+                local = torch.tensor([float(window_loss / window_batches), float(window_tokens), float(stop_requested())],
+                                     dtype=torch.float64, device=accelerator.device)
+                step_loss, step_tokens, stops = accelerator.reduce(local, reduction="sum").tolist()
+                step_loss /= accelerator.num_processes
+                if not (math.isfinite(step_loss) and math.isfinite(grad_norm)):
+                    raise NonFiniteLoss(f"step {state.step + 1}: the training loss is {step_loss:.4g} and the gradient "
+                                        f"norm {grad_norm:.4g}; stopped before updating (no checkpoint of this step): "
+                                        "lower model.learning_rate, or check the data and model.dtype")
                 optimizer.step()
                 optimizer.zero_grad(set_to_none=True)
-            if not accelerator.sync_gradients:
-                continue
-            # one collective per step: loss, tokens and the stop flag of every process
-            local = torch.tensor([float(window_loss / window_batches), float(window_tokens), float(stop_requested())],
-                                 dtype=torch.float64, device=accelerator.device)
-            step_loss, step_tokens, stops = accelerator.reduce(local, reduction="sum").tolist()
-            state.loss.append(step_loss / accelerator.num_processes)
+            state.loss.append(step_loss)
             state.lr.append(scheduler.get_last_lr()[0])
-            state.grad_norm.append(float(grad_norm) if grad_norm is not None else None)
+            state.grad_norm.append(grad_norm)
             state.tokens += int(step_tokens)
             scheduler.step()
             state.step += 1
@@ -95,6 +118,9 @@ def train(model, optimizer, scheduler, loader, accelerator: Accelerator, total_s
             window_loss, window_batches, window_tokens = 0.0, 0, 0
             progress.update(1)
             progress.set_postfix(loss=f"{state.loss[-1]:.4f}")
+            if accelerator.is_main_process and log_every and (state.step % log_every == 0 or state.step == total_steps):
+                log.info("step %d/%d: loss %.4f, lr %.3g, grad norm %.3g, %.0f tokens/s", state.step, total_steps,
+                         state.loss[-1], state.lr[-1], grad_norm, state.tokens_per_s)
             if after_step is not None:
                 after_step(state, stops > 0)
             if stops > 0:

@@ -1,0 +1,200 @@
+"""The run directory as a resource: one run at a time (a lock file), writes that fail with one line
+naming the path and the cause (a full disk said as such), results that are always valid JSON.
+
+The lock, `<run dir>/run.lock`, holds the owner's pid, host and slurm job (JSON). A second launch in
+the same directory refuses to start while the owner lives; a lock left by a dead process on this host,
+or by an earlier incarnation of the same slurm job (a requeue), is taken over. A lock from another
+host whose job differs cannot be checked: it is refused, naming the file to delete."""
+import contextlib
+import errno
+import json
+import math
+import os
+import shutil
+import socket
+import sys
+import time
+
+from hydra.experimental.callback import Callback
+
+LOCK_FILE = "run.lock"
+LOW_SPACE_BYTES = 1 << 20  # a write that fails with less free space than this failed for lack of it
+
+
+class RunDirError(RuntimeError):
+    """The run directory cannot be used (locked by another run, not writable, disk full): one line."""
+
+
+def os_error_cause(err: BaseException, directory: str) -> str:
+    """What went wrong, in words: the errno's name and text; a full disk is reported as such even by
+    writers that lose the errno (torch.save, safetensors), from the free space left."""
+    code = getattr(err, "errno", None)
+    lost_errno_disk_full = code is None and ("No space left on device" in str(err) or free_bytes(directory) < LOW_SPACE_BYTES)
+    if code == errno.ENOSPC or lost_errno_disk_full:
+        return "disk full (ENOSPC: no space left on device)"
+    if code == errno.EDQUOT:
+        return "disk quota exceeded (EDQUOT)"
+    if code is not None:
+        return f"{os.strerror(code).lower()} ({errno.errorcode.get(code, code)})"
+    return str(err)
+
+
+def free_bytes(path: str) -> int:
+    """Free bytes of the filesystem holding `path` (or its nearest existing parent)."""
+    while path and not os.path.exists(path):
+        path = os.path.dirname(path)
+    try:
+        return shutil.disk_usage(path or ".").free
+    except OSError:
+        return LOW_SPACE_BYTES  # unknown: not evidence of a full disk
+
+
+STORAGE_ERRNOS = {errno.ENOSPC, errno.EDQUOT, errno.EROFS, errno.EACCES, errno.EPERM, errno.EFBIG, errno.EIO}
+
+
+def storage_failure(err: BaseException, run_dir: str) -> str | None:
+    """One line for an error of the storage under a run (a full disk, a read-only or forbidden path):
+    the path and the cause; None for any other error (it keeps its traceback)."""
+    if isinstance(err, OSError) and err.errno in STORAGE_ERRNOS:
+        return f"{err.filename or run_dir}: {os_error_cause(err, run_dir)}"
+    if os_error_cause(err, run_dir).startswith("disk full"):  # torch.save, safetensors: the errno is lost
+        return f"a write under {run_dir} failed: {os_error_cause(err, run_dir)}"
+    return None
+
+
+@contextlib.contextmanager
+def writing(path: str):
+    """Turn a failed write under `path` into one RunDirError naming the file (OSError's own name of it
+    when it has one) and the cause. Errors that are not write failures pass through unchanged."""
+    try:
+        yield
+    except OSError as err:
+        raise RunDirError(f"cannot write {err.filename or path}: {os_error_cause(err, path)}") from err
+    except Exception as err:  # torch.save, safetensors: the errno is lost in the message
+        if isinstance(err, RunDirError) or not os_error_cause(err, path).startswith("disk full"):
+            raise
+        raise RunDirError(f"cannot write {path}: {os_error_cause(err, path)}") from err
+
+
+def finite_or_null(value):
+    """The payload with every NaN/±inf float replaced by None (JSON null): JSON has no such numbers
+    and `json.dump` would write bare `NaN`, which strict readers reject."""
+    if isinstance(value, float):
+        return value if math.isfinite(value) else None
+    if isinstance(value, dict):
+        return {k: finite_or_null(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [finite_or_null(v) for v in value]
+    return value
+
+
+def write_json(path: str, payload: dict, indent: int = 2) -> None:
+    """Strict JSON (non-finite floats → null), written via a temporary file and a rename, so a crash
+    never leaves a truncated file; a failed write is a RunDirError naming the path."""
+    tmp = f"{path}.tmp"
+    with writing(path):
+        with open(tmp, "w") as f:
+            json.dump(finite_or_null(payload), f, indent=indent, allow_nan=False)
+        os.replace(tmp, path)
+
+
+def lock_owner() -> dict:
+    slurm_job = os.environ.get("SLURM_JOB_ID")
+    if slurm_job and os.environ.get("SLURM_ARRAY_TASK_ID"):
+        slurm_job = f"{os.environ.get('SLURM_ARRAY_JOB_ID', slurm_job)}_{os.environ['SLURM_ARRAY_TASK_ID']}"
+    return {"pid": os.getpid(), "host": socket.gethostname(), "slurm_job": slurm_job, "since": time.time()}
+
+
+def process_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # another user's live process
+        return True
+    return True
+
+
+def stale(owner: dict, me: dict) -> bool:
+    """A lock nobody holds any more: its process is gone from this host, or it is this slurm job's own
+    from before a requeue. A lock from another host cannot be checked, so it is never stale."""
+    if owner.get("slurm_job") and owner.get("slurm_job") == me["slurm_job"]:
+        return True
+    return owner.get("host") == me["host"] and not process_alive(int(owner.get("pid", -1)))
+
+
+def read_lock(path: str) -> dict | None:
+    """The owner recorded in the lock file; {} for an unreadable one (a crash while writing it: stale)."""
+    try:
+        with open(path) as f:
+            return json.load(f)
+    except FileNotFoundError:
+        return None
+    except (OSError, ValueError):
+        return {}
+
+
+class RunDirLock:
+    """`with RunDirLock(run_dir):` holds the run directory for this process; released on exit
+    (normal, exception, SystemExit); a SIGKILLed owner's lock is taken over by the next launch."""
+
+    def __init__(self, run_dir: str):
+        self.path = os.path.join(run_dir, LOCK_FILE)
+        self.owner = lock_owner()
+
+    def __enter__(self) -> "RunDirLock":
+        with writing(os.path.dirname(self.path)):
+            os.makedirs(os.path.dirname(self.path), exist_ok=True)
+            while not self._create():
+                held = read_lock(self.path)
+                if held is None:
+                    continue  # released meanwhile: try again
+                if held and not stale(held, self.owner):
+                    since = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(held.get("since", 0)))
+                    raise RunDirError(f"run dir {os.path.dirname(self.path)} is in use by pid {held.get('pid')} on "
+                                      f"{held.get('host')} since {since} ({self.path}); use another hydra.run.dir, "
+                                      "or delete the lock file if that run is gone")
+                os.remove(self.path)  # stale: take it over
+        return self
+
+    def _create(self) -> bool:
+        """Create the lock file atomically (O_EXCL) with this process as owner; False if it exists."""
+        try:
+            fd = os.open(self.path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
+        except FileExistsError:
+            return False
+        with os.fdopen(fd, "w") as f:
+            json.dump(self.owner, f)
+        return True
+
+    def __exit__(self, *exc) -> None:
+        if read_lock(self.path) == self.owner:
+            os.remove(self.path)
+
+
+def check_writable(directory: str) -> None:
+    """Create `directory` and write a probe file in it, or one RunDirError naming it and the cause."""
+    probe = os.path.join(directory, f".write-probe-{os.getpid()}")
+    with writing(directory):
+        os.makedirs(directory, exist_ok=True)
+        with open(probe, "w") as f:
+            f.write("ok")
+        os.remove(probe)
+
+
+class CheckRunDir(Callback):
+    """Hydra callback (conf/config.yaml): before Hydra creates the run (or sweep) directory, check it
+    can be written; if not, one line `error: …` naming it and the cause, exit status 1, no traceback."""
+
+    def on_run_start(self, config, **kwargs) -> None:
+        self.check(str(config.hydra.run.dir))
+
+    def on_multirun_start(self, config, **kwargs) -> None:
+        self.check(str(config.hydra.sweep.dir))
+
+    @staticmethod
+    def check(directory: str) -> None:
+        try:
+            check_writable(directory)
+        except RunDirError as err:
+            sys.exit(f"error: {err}")
