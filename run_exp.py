@@ -29,6 +29,7 @@ from lora_one.checkpoint import check_checkpoint_config, check_same_training, ch
     read_run_info, run_dir_of, save_checkpoint, training_config
 from lora_one.config import accumulation_steps, check_config_keys, validate_config
 from lora_one.data import encode_rows, load_splits, make_batches, make_collator
+from lora_one.diagnostics import alignment_diagnostics, finish_diagnostics
 from lora_one.eval import run_evaluators
 from lora_one.init import METHODS, InitMethod, init_method, redo_base_offset, save_init_artifacts, save_initial_adapter
 from lora_one.init.dora import restore_exported_magnitudes
@@ -118,11 +119,15 @@ def run(cfg: DictConfig, out_dir: str, wandb_group: str | None = None) -> dict:
     # --- base model with adapters: initialised (first launch) or rebuilt to resume from a checkpoint
     model = load_model(cfg.model, tokenizer, cfg.cache_dir).to(accelerator.device)
     init_dir = os.path.join(out_dir, "init")
+    diagnostics = alignment_diagnostics(cfg, model, lambda: make_batches(tokenizer, train_set, cfg.diagnostics.bsz,
+                                                                         cfg.diagnostics.iters), accelerator)
     if resume_from is None:
         model, run_info = init_adapters(cfg, method, model, eval_loader, init_batches, accelerator, init_dir)
         tracker.log_init(run_info["init_layers"], run_info["init_time_s"], run_info["init_peak_mem_mb"])
     else:
         model, run_info = rebuild_adapters(cfg, method, model, resume_from, accelerator, init_dir)
+    if diagnostics and resume_from is None:
+        tracker.log(diagnostics.measure(model, 0), step=0)
 
     # --- training, with a checkpoint every `checkpoint.every_n_steps`, at the end, and on a preemption signal
     shuffle = torch.Generator().manual_seed(cfg.seed)
@@ -142,6 +147,8 @@ def run(cfg: DictConfig, out_dir: str, wandb_group: str | None = None) -> dict:
         def after_step(now: TrainState, stopping: bool) -> None:
             tracker.log({"train/loss": now.loss[-1], "train/lr": now.lr[-1], "train/grad_norm": now.grad_norm[-1],
                          "train/tokens_per_s": now.tokens_per_s}, step=now.step)
+            if diagnostics and now.step % cfg.diagnostics.alignment_every == 0:
+                tracker.log(diagnostics.measure(accelerator.unwrap_model(model), now.step), step=now.step)
             every = cfg.checkpoint.every_n_steps
             if stopping or (every > 0 and (now.step % every == 0 or now.step == total_steps)):
                 save_checkpoint(out_dir, model, optimizer, scheduler, now, shuffle, accelerator, run_info,
@@ -188,6 +195,7 @@ def run(cfg: DictConfig, out_dir: str, wandb_group: str | None = None) -> dict:
         "train_time_s": history.train_seconds,
         "tokens_per_s": history.tokens_per_s if history.step else None,
         "resumed_from": resume_from,
+        **finish_diagnostics(diagnostics, out_dir, accelerator.is_main_process),
     }
     # benchmarks chosen by conf/eval on the trained model: <task>_predictions.jsonl here, metrics under "eval"
     results["eval"] = run_evaluators(cfg.eval, peft_model, tokenizer, accelerator, out_dir)
