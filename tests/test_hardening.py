@@ -155,7 +155,7 @@ def test_cli_refuses_a_bad_setting_before_any_work(tmp_path, override, message):
     ("init.svd_q=0", "init.svd_q must be ≥ 1 (got 0)"),
     ("log_every=-1", "log_every must be ≥ 0 (got -1): 0 logs no training-loss lines"),
     ("optim=scaled_adamw optim.prec_reg=tiny", "optim.prec_reg must be a number (got 'tiny')"),
-    ("init.stable_gamma=big", "init.stable_gamma must be a number (got 'big')"),
+    ("init.stable_gamma=big", "init.stable_gamma must be a number or auto (got 'big')"),
 ])
 def test_numeric_settings_are_checked_in_process(tmp_path, override, message):
     with pytest.raises(ConfigError) as caught:
@@ -166,7 +166,8 @@ def test_numeric_settings_are_checked_in_process(tmp_path, override, message):
 
 @pytest.mark.parametrize("overrides", [["++init.direction=LoRA-GA", "seed=3"], ["++model.learning_rate=0.01"],
                                        ["experiment=t5_glue", "dataset=cola", "++peft.lora_r=4"],
-                                       ["model.max_steps=2", "dataset.max_train_samples=64"], ["optim.max_grad_norm=null"]])
+                                       ["model.max_steps=2", "dataset.max_train_samples=64"], ["optim.max_grad_norm=null"],
+                                       ["init.stable_gamma=auto"]])
 def test_keys_the_groups_define_pass_the_schema_check(overrides):
     check_config_keys(compose_config(overrides), overrides)
 

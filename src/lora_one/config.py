@@ -56,6 +56,10 @@ NUMERIC_SETTINGS = [
     ("optim.prec_reg", REAL, None, ""),
     ("optim.lr_ratio", REAL, None, ""),
     ("init.stable_gamma", REAL, None, ""),
+    ("init.gamma_search.batches", INTEGER, None, ""),
+    ("init.gamma_search.points", INTEGER, None, ""),
+    ("init.gamma_search.min", REAL, None, ""),
+    ("init.gamma_search.max", REAL, None, ""),
     ("init.bsz", INTEGER, None, ""),
     ("init.iters", INTEGER, None, ""),
     ("init.max_length", INTEGER, lambda v: v >= 2, "≥ 2"),
@@ -90,7 +94,8 @@ def check_numeric_settings(cfg: DictConfig) -> None:
         if value is ABSENT or (value is None and key in NULLABLE) or value == WORD_INSTEAD.get(key, ABSENT):
             continue
         if not is_number(value, kind):
-            raise ConfigError(f"{key} must be {kind} (got {value!r})")
+            word = f" or {WORD_INSTEAD[key]}" if key in WORD_INSTEAD else ""
+            raise ConfigError(f"{key} must be {kind}{word} (got {value!r})")
         if valid is not None and not valid(value):
             valid_range, _, hint = in_words.partition("; ")
             raise ConfigError(f"{key} must be {valid_range} (got {value})" + (f": {hint}" if hint else ""))
