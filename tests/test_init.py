@@ -129,3 +129,12 @@ def test_factor_closed_forms_on_a_random_matrix():
     # the lowrank path agrees with the full SVD on the subspace products
     Ul, Sl, Vhl = top_singular_triplets(G, r, "lowrank", q=9, niter=8)
     torch.testing.assert_close((Ul * Sl) @ Vhl, rank_r(G, r).float(), rtol=1e-4, atol=1e-4)
+
+
+@pytest.mark.parametrize("method", ["full", "lowrank"])
+def test_singular_triplets_hold_no_more_memory_than_their_size(method):
+    """The streaming init keeps (U_k, S_k, V_k) per layer: a view into the full factorisation would keep
+    a G-sized Vh alive per layer, as much memory as holding every G."""
+    G = torch.randn(60, 90)
+    for factor in top_singular_triplets(G, 4, method, q=12, niter=2):
+        assert factor.untyped_storage().nbytes() == factor.numel() * factor.element_size()

@@ -14,7 +14,8 @@ def top_singular_triplets(G: torch.Tensor, k: int, method: str = "full", q: int 
     """The top-k singular triplets of G in fp32: U (m×k), S (k), Vh (k×n), G ≈ U diag(S) Vh.
 
     `full` is torch.linalg.svd; `lowrank` is torch.svd_lowrank with q columns (at least k) and
-    `niter` power iterations (the official LoRA-One setting is q=512, niter=16)."""
+    `niter` power iterations (the official LoRA-One setting is q=512, niter=16). The slices are
+    copied: a view would keep the whole m×min(m,n) U and min(m,n)×n Vh alive, as large as G."""
     G = G.float()
     if method == "full":
         U, S, Vh = torch.linalg.svd(G, full_matrices=False)
@@ -23,7 +24,7 @@ def top_singular_triplets(G: torch.Tensor, k: int, method: str = "full", q: int 
         Vh = V.T
     else:
         raise ValueError(f"unknown SVD method {method!r}; use one of {SVD_METHODS}")
-    return U[:, :k], S[:k], Vh[:k]
+    return U[:, :k].clone(), S[:k].clone(), Vh[:k].clone()
 
 
 def scale_factors(B: torch.Tensor, A: torch.Tensor, scale: str, stable_factor: float, lora_scaling: float):
