@@ -87,6 +87,10 @@ def is_number(value, kind: str) -> bool:
     return isinstance(value, int) if kind == INTEGER else value == value and abs(value) != float("inf")
 
 
+def or_word(key: str) -> str:
+    return f" or {WORD_INSTEAD[key]}" if key in WORD_INSTEAD else ""
+
+
 def check_numeric_settings(cfg: DictConfig) -> None:
     """One ConfigError naming the first numeric setting of the wrong type or out of its range."""
     for key, kind, valid, in_words in NUMERIC_SETTINGS:
@@ -94,8 +98,7 @@ def check_numeric_settings(cfg: DictConfig) -> None:
         if value is ABSENT or (value is None and key in NULLABLE) or value == WORD_INSTEAD.get(key, ABSENT):
             continue
         if not is_number(value, kind):
-            word = f" or {WORD_INSTEAD[key]}" if key in WORD_INSTEAD else ""
-            raise ConfigError(f"{key} must be {kind}{word} (got {value!r})")
+            raise ConfigError(f"{key} must be {kind}{or_word(key)} (got {value!r})")
         if valid is not None and not valid(value):
             valid_range, _, hint = in_words.partition("; ")
             raise ConfigError(f"{key} must be {valid_range} (got {value})" + (f": {hint}" if hint else ""))
@@ -151,4 +154,4 @@ def check_config_keys(cfg: DictConfig, overrides: list[str]) -> None:
             raise ConfigError(f"{key} is not a config key ({hint})")
         defined = schema[key]
         if is_number(defined, REAL) and not is_number(value, REAL) and value is not None and value != WORD_INSTEAD.get(key):
-            raise ConfigError(f"{key} must be a number like its default {defined} (got {value!r})")
+            raise ConfigError(f"{key} must be a number{or_word(key)} like its default {defined} (got {value!r})")
