@@ -1,0 +1,312 @@
+"""scripts/reproduce.py: the CPU study's plan, resume, learning-rate selection on held-out training
+rows (never dev), determinism of a cell, REPRODUCTION.md from known (fake) results against values
+computed by hand, the published numbers as the issue quotes them, and the paper-scale commands."""
+import json
+import math
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from conftest import ROOT, compose_config
+
+from lora_one import ConfigError
+from lora_one.config import validate_config
+from lora_one.reproduce import paper, report
+from lora_one.reproduce.plan import FINAL, TUNE, Cell, Method, Study, Task, cell_count, cpu_study, final_cells, \
+    slug, tuning_cells
+from lora_one.reproduce.published import published_cell, published_table
+from lora_one.reproduce.runner import Progress, choose_learning_rates, read_results, run_cell, run_study
+
+SPECTRAL = Method("spectral init only", ("init=gradient", "init.direction=LoRA-One", "model.max_steps=0"),
+                  trains=False, gradient_init=True)
+
+
+def tiny_study(data: Path, methods: tuple[Method, ...], seeds=(1, 2)) -> Study:
+    """tiny_llama, 2 steps, SST-2 from ../shared/data: every stage of the real study in seconds."""
+    task = Task("sst2", ("dataset=sst2", f"dataset.path={data / 'glue' / 'SST-2'}", "dataset.max_train_samples=32",
+                         "dataset.eval_size=8", "model.max_length=32"),
+                "glue", ("eval=glue", "eval.glue.split=dev", "eval.glue.limit=8", "eval.glue.subset_seed=0"), "dev, 8 rows")
+    return Study(common=("model=tiny_llama", "model.max_steps=2", "model.per_device_batch_size=2",
+                         "model.real_batch_size=2", "wandb.mode=disabled", "checkpoint.every_n_steps=0"),
+                 gradient_init=("init.bsz=2", "init.iters=1"), tasks=(task,), methods=methods,
+                 learning_rates=(1e-3, 1e-2), seeds=seeds, tuning_seed=0)
+
+
+class CountingRun:
+    """run_exp.run, counting the runs it makes."""
+
+    def __init__(self):
+        self.cells = []
+
+    def __call__(self, cfg, out_dir):
+        import run_exp
+
+        self.cells.append(Path(out_dir).name)
+        return run_exp.run(cfg, out_dir)
+
+
+@pytest.fixture(scope="module")
+def tiny_run(tmp_path_factory):
+    data = ROOT.parent / "shared" / "data"
+    if not data.exists():
+        pytest.skip("../shared/data is not present")
+    study = tiny_study(data, (Method("LoRA", ("init=default",)), SPECTRAL))
+    root = tmp_path_factory.mktemp("study")
+    runs, lines = CountingRun(), []
+    run_study(study, root, runs, Progress(cell_count(study), lines.append))
+    return study, root, runs, lines
+
+
+# --- the plan
+
+def test_cpu_study_plan_covers_every_task_method_rate_and_seed():
+    study = cpu_study()
+    assert [t.name for t in study.tasks] == ["sst2", "cola", "mrpc", "gsm8k"]
+    assert [m.name for m in study.methods] == ["LoRA", "LoRA-GA", "PiSSA", "LoRA-One", "LoRA-One + scaled_adamw",
+                                               "spectral init only"]
+    assert len(study.learning_rates) >= 3 and len(study.seeds) >= 3
+    chosen = {m.name: 5e-4 for m in study.methods}
+    cells = [c for t in study.tasks for c in tuning_cells(study, t) + final_cells(study, t, chosen)]
+    assert len(cells) == cell_count(study) == 4 * (5 * 3 + 6 * 3)
+    assert len({c.path for c in cells}) == len(cells)  # one directory per cell
+    spectral = [c for c in cells if c.method == "spectral init only"]
+    assert spectral and all(c.stage == FINAL and c.learning_rate is None and "model.max_steps=0" in c.overrides
+                            for c in spectral)
+    for cell in (cells[0], cells[-1]):  # the real config of a tuning and a seed cell composes and validates
+        validate_config(compose_config(list(cell.overrides)))
+
+
+def test_method_directories_never_collide():
+    assert slug("LoRA+") != slug("LoRA") and slug("LoRA-One + scaled_adamw") == "LoRA-One_plus_scaled_adamw"
+
+
+# --- learning-rate selection: held-out training rows, never dev or test
+
+def cell(method: str, rate: float) -> Cell:
+    return Cell("sst2", method, TUNE, rate, 0, ())
+
+
+def test_selection_takes_the_lowest_held_out_loss_and_ignores_any_dev_score():
+    tuning = [(cell("LoRA", 1e-4), {"eval_loss": 0.9, "eval": {"sst2": {"accuracy": 0.99}}}),
+              (cell("LoRA", 5e-4), {"eval_loss": 0.5, "eval": {"sst2": {"accuracy": 0.10}}}),
+              (cell("LoRA", 2.5e-3), {"eval_loss": math.nan, "eval": {}}),  # diverged: last
+              (cell("PiSSA", 1e-4), {"eval_loss": math.inf}), (cell("PiSSA", 5e-4), {"eval_loss": 2.0}),
+              (cell("LoRA-GA", 1e-4), None)]  # no tuning run finished
+    assert choose_learning_rates(tuning) == {"LoRA": 5e-4, "PiSSA": 5e-4, "LoRA-GA": None}
+
+
+def test_tuning_cells_score_no_benchmark():
+    study = cpu_study()
+    for task in study.tasks:
+        for tuning in tuning_cells(study, task):
+            assert "eval=none" in tuning.overrides and not any(o.startswith("eval.") for o in tuning.overrides)
+    assert compose_config(list(tuning_cells(study, study.tasks[0])[0].overrides)).eval == {}
+
+
+def test_tuning_runs_wrote_no_dev_score_and_seed_runs_score_dev(tiny_run):
+    study, root, _, _ = tiny_run
+    task = study.tasks[0]
+    for tuning in tuning_cells(study, task):
+        assert read_results(root, tuning)["eval"] == {}
+    chosen = choose_learning_rates([(c, read_results(root, c)) for c in tuning_cells(study, task)])
+    for seed_cell in final_cells(study, task, chosen):
+        metrics = read_results(root, seed_cell)["eval"]["glue"]
+        assert metrics["split"] == "dev" and metrics["n"] == 8
+
+
+# --- resume and determinism (real runs on tiny_llama)
+
+def test_a_finished_cell_is_never_run_again(tiny_run):
+    study, root, runs, lines = tiny_run
+    assert len(runs.cells) == 2 + 2 * 2  # 2 tuning rates, then 2 methods × 2 seeds
+    assert lines[0].startswith("[1/6] sst2 tune LoRA lr=0.001 seed=0: ") and lines[-1].startswith("[6/6] ")
+    again, lines_again = CountingRun(), []
+    run_study(study, root, again, Progress(cell_count(study), lines_again.append))
+    assert again.cells == [] and sum(line.endswith(": done before") for line in lines_again) == 6
+    # a lost result (a crash before results.json) is run again, and only it
+    task = study.tasks[0]
+    chosen = choose_learning_rates([(c, read_results(root, c)) for c in tuning_cells(study, task)])
+    lost = final_cells(study, task, chosen)[0]
+    (root / lost.path / "results.json").unlink()
+    once_more = CountingRun()
+    run_study(study, root, once_more, Progress(cell_count(study), lambda line: None))
+    assert len(once_more.cells) == 1
+
+
+def test_a_second_run_of_a_cell_gives_the_same_numbers(tiny_run, tmp_path):
+    study, root, _, _ = tiny_run
+    task = study.tasks[0]
+    chosen = choose_learning_rates([(c, read_results(root, c)) for c in tuning_cells(study, task)])
+    seed_cell = final_cells(study, task, chosen)[0]
+    assert run_cell(seed_cell, tmp_path, CountingRun()).endswith(" s")
+    first, second = read_results(root, seed_cell), read_results(tmp_path, seed_cell)
+    for key in ("eval_loss_base", "eval_loss_after_init", "eval_loss", "train_loss_curve"):
+        assert first[key] == second[key], key
+    timing = "seconds"  # the evaluator's own wall time
+    assert {k: v for k, v in first["eval"]["glue"].items() if k != timing} == \
+        {k: v for k, v in second["eval"]["glue"].items() if k != timing}
+
+
+def test_a_run_made_with_other_overrides_is_stale(tmp_path):
+    old = Cell("sst2", "LoRA", TUNE, 1e-3, 0, ("model=tiny_llama", "model.max_steps=2"))
+    new = Cell("sst2", "LoRA", TUNE, 1e-3, 0, ("model=tiny_llama", "model.max_steps=3"))
+    written = []
+
+    def fake_run(cfg, out_dir):
+        written.append(cfg.model.max_steps)
+        Path(out_dir, "results.json").write_text("{}")
+
+    assert run_cell(old, tmp_path, fake_run) != "done before"
+    assert run_cell(old, tmp_path, fake_run) == "done before" and read_results(tmp_path, new) is None
+    run_cell(new, tmp_path, fake_run)
+    assert written == [2, 3]
+
+
+# --- the report, from known results
+
+ACCURACY = {"LoRA": (0.80, 0.82, 0.84), "LoRA-One": (0.90, 0.91, 0.92), "spectral init only": (0.50, 0.50, 0.50)}
+TUNING_LOSS = {("LoRA", 1e-3): 1.0, ("LoRA", 1e-2): 0.8, ("LoRA-One", 1e-3): 0.7, ("LoRA-One", 1e-2): 0.9}
+CURVES = {"LoRA": [3.0, 2.0, 1.0], "LoRA-One": [2.5, 1.0, 0.5], "spectral init only": []}
+
+
+def fake_results(cfg) -> dict:
+    """What run_exp would write, from the cell's composed config: known numbers per method and seed."""
+    method = {"default": "LoRA", "pissa": "PiSSA"}.get(cfg.init.name) or \
+        ("spectral init only" if cfg.model.max_steps == 0 else "LoRA-One")
+    if method == "PiSSA":
+        raise RuntimeError("a cell that fails")
+    tuning = not cfg.eval
+    return {"config": {}, "eval_loss_base": 2.0, "eval_loss_after_init": 1.5 if method != "LoRA" else 2.0,
+            "eval_loss": TUNING_LOSS[(method, cfg.model.learning_rate)] if tuning else 0.5 + 0.1 * cfg.seed,
+            "train_loss_curve": CURVES[method], "steps": len(CURVES[method]), "train_time_s": 2.0 * len(CURVES[method]),
+            "eval": {} if tuning else {"glue": {"accuracy": ACCURACY[method][cfg.seed - 1], "main_metric": "accuracy"}},
+            "provenance": {"git": {"commit": "0123456789abcdef", "dirty": False}, "packages": {"torch": "2.0"},
+                           "python": "3.11", "cpu": "a CPU", "torch_threads": 2, "hostname": "box",
+                           "start": "2026-01-01T00:00:00+00:00", "end": "2026-01-01T00:00:10+00:00"}}
+
+
+@pytest.fixture(scope="module")
+def fake_study(tmp_path_factory):
+    study = tiny_study(Path("/nonexistent"), (Method("LoRA", ("init=default",)), Method("PiSSA", ("init=pissa",)),
+                                              Method("LoRA-One", ("init=gradient", "init.direction=LoRA-One"),
+                                                     gradient_init=True), SPECTRAL), seeds=(1, 2, 3))
+    root = tmp_path_factory.mktemp("fake")
+
+    def fake_run(cfg, out_dir):
+        Path(out_dir, "results.json").write_text(json.dumps(fake_results(cfg)))
+
+    lines = []
+    run_study(study, root, fake_run, Progress(cell_count(study), lines.append))
+    return study, root, lines
+
+
+def test_failed_cells_are_reported_and_skipped(fake_study):
+    _, _, lines = fake_study
+    assert sum("PiSSA" in line and "FAILED" in line and "a cell that fails" in line for line in lines) == 2
+    assert "sst2: chosen learning rates (lowest held-out loss at seed 0): LoRA 0.01, PiSSA –, LoRA-One 0.001" in lines
+
+
+def test_table_rows_match_hand_computed_statistics(fake_study):
+    study, root, _ = fake_study
+    runs = report.collect(study, root)[0]
+    table = report.task_table(runs)
+    # LoRA: 80, 82, 84 → 82.00 ± 2.00; held-out loss 0.6, 0.7, 0.8 → 0.7000 ± 0.1000; 10 s per run
+    assert "| LoRA | 0.01 | 82.00 ± 2.00 | 0.7000 ± 0.1000 | 3 | 10 s | not quoted (the paper's table is T5-base) |" in table
+    assert "| LoRA-One | 0.001 | 91.00 ± 1.00 |" in table
+    assert "| spectral init only | – (no step) | 50.00 ± 0.00 | 0.7000 ± 0.1000 | 0 |" in table
+    assert "| PiSSA | **missing** (tuning unfinished) | **missing** (0 of 3 seeds) |" in table
+    tuning = report.tuning_table(runs)
+    assert "| LoRA | 1.0000 | **0.8000** |" in tuning and "| LoRA-One | **0.7000** | 0.9000 |" in tuning
+    assert "| PiSSA | missing | missing |" in tuning
+
+
+def test_verdicts_from_the_data(fake_study):
+    study, root, _ = fake_study
+    runs = report.collect(study, root)[0]
+    assert report.verdict_init_alone(runs).startswith(
+        "(a) init alone lowers held-out loss: **yes**: base 2.0000 → after the LoRA-One init, no step 1.5000 (-25.0 %), "
+        "lower in 3 of 3 seeds.")
+    # LoRA ends at 1.0 after 3 steps; LoRA-One's curve 2.5, 1.0, 0.5 first reaches it at step 2
+    assert "**2 / 3 = 0.67×**" in report.verdict_speed(runs)
+    # 95 % t intervals (t = 4.303, n = 3): LoRA-One 91 ± 2.48, LoRA 82 ± 4.97, spectral 50 ± 0: no overlap
+    assert report.confidence_interval([90, 91, 92]) == pytest.approx((91 - 4.303 / math.sqrt(3), 91 + 4.303 / math.sqrt(3)))
+    assert report.verdict_ranking(runs) == (
+        "(c) ranking: LoRA-One (91.00) > LoRA (82.00) > spectral init only (50.00); the best one's 95 % CI overlaps "
+        "those of: none; clearly below it: LoRA, spectral init only.")
+
+
+def test_verdicts_say_what_was_not_measured():
+    empty = report.TaskRuns(Task("cola", (), "glue", (), "dev"), {}, [report.MethodRuns("LoRA", None, True, 3)])
+    assert "**not measured**" in report.verdict_init_alone(empty)
+    assert "**not measured**" in report.verdict_speed(empty) and "**not measured**" in report.verdict_ranking(empty)
+    assert report.steps_to_reach([3.0, 2.0], 1.0) is None
+
+
+def test_reproduction_markdown_and_small_figures(fake_study, tmp_path):
+    study, root, _ = fake_study
+    written = report.write_reproduction(study, root, tmp_path / "REPRODUCTION.md", tmp_path / "figures", "cmd")
+    text = (tmp_path / "REPRODUCTION.md").read_text()
+    assert "never edit by hand" in text and "- machine: a CPU, 2 torch threads, host box" in text
+    assert "- code: commit 0123456789ab" in text and "- tuning runs finished: 4 of 6; seed runs finished: 9 of 12" in text
+    assert "sst2 PiSSA (3 seeds)" in text
+    assert "- measured on this machine: 2.0 s per optimizer step (mean over the 6 finished trained seed runs)" in text
+    figures = [p for p in written if p.suffix == ".png"]
+    assert sorted(p.name for p in figures) == ["sst2_loss.png", "sst2_metric.png"]
+    assert all(p.stat().st_size < 150_000 for p in figures)
+    assert "![sst2 loss](figures/sst2_loss.png)" in text
+
+
+# --- published numbers: exactly those quoted in the issue
+
+def test_published_numbers_are_the_quoted_ones():
+    assert published_cell("gsm8k", "LoRA-One") == "57.5 / 63.8 [1]"
+    assert published_cell("gsm8k", "LoRA") == "55.2 / 58.9 [1]; 42.08 [2]"
+    assert published_cell("gsm8k", "LoRA-GA") == "56.5 / 60.9 [1]; 53.60 [2]"
+    assert published_cell("gsm8k", "PiSSA") == "44.54 [2]"
+    assert published_cell("gsm8k", "spectral init only") == "not published"
+    assert published_cell("gsm8k", "LoRA-One + scaled_adamw") == "not published"
+    assert published_cell("cola", "LoRA-One").startswith("not quoted")
+    table = published_table()
+    assert "| gsm8k | LoRA+ | 56.4 / 60.0 |" in table and "| mmlu | LoRA-One | 47.24 | MMLU 5-shot | [3] |" in table
+    assert "| mmlu | base model | 45.73 |" in table and "[3] LoRA-One official repository, issue #3" in table
+
+
+# --- paper scale
+
+def expand(command: list[str]) -> list[list[str]]:
+    """Every single run of a `run_exp.py -m` command (comma lists expanded), Hydra's own keys left out."""
+    points = [[]]
+    for arg in command[command.index("-m") + 1:]:
+        if not arg.startswith("hydra"):
+            key, _, values = arg.partition("=")
+            points = [p + [f"{key}={v}"] for p in points for v in values.split(",")]
+    return points
+
+
+@pytest.mark.parametrize("table, experiment, runs_per_method", [("gsm8k", "llama2_metamath", 3), ("glue", "t5_glue", 15)])
+def test_paper_commands_compose(table, experiment, runs_per_method):
+    commands = paper.paper_commands(table)
+    assert len(commands) == 6 and len({c[-1] for c in commands}) == 6  # one sweep dir per method
+    for command in commands:
+        assert command[:4] == ["python", "run_exp.py", "-m", "hydra/launcher=slurm"]
+        assert f"experiment={experiment}" in command and "seed=1,2,3" in command
+        points = expand(command)
+        assert len(points) == runs_per_method
+        validate_config(compose_config(points[0]))
+    methods = [compose_config(expand(c)[0]) for c in commands]
+    assert [(c.init.name, c.init.get("direction") if c.init.name == "gradient" else None, c.optim.name) for c in methods] == [
+        ("default", None, "adamw"), ("default", None, "loraplus"), ("pissa", None, "adamw"),
+        ("gradient", "LoRA-GA", "adamw"), ("gradient", "LoRA-One", "adamw"), ("gradient", "LoRA-One", "scaled_adamw")]
+    with pytest.raises(ConfigError, match="paper table 'nope'"):
+        paper.paper_commands("nope")
+
+
+def test_paper_dry_run_prints_and_launches_nothing():
+    done = subprocess.run([sys.executable, "scripts/reproduce.py", "paper", "--table", "gsm8k", "--dry-run",
+                           "model.learning_rate=1e-4,2e-4"], cwd=ROOT, capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr
+    lines = done.stdout.splitlines()
+    assert len(lines) == 6 and all(line.startswith("python run_exp.py -m hydra/launcher=slurm experiment=llama2_metamath")
+                                   and "model.learning_rate=1e-4,2e-4" in line for line in lines)
+    assert not (ROOT / "multirun" / "paper" / "gsm8k").exists()
