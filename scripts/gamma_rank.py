@@ -8,7 +8,7 @@ extra arguments are Hydra overrides of it. G is estimated once, with the top max
 triplets of every layer (its top-r ones serve every r); each cell wraps a fresh copy of the base with
 rank-r adapters and writes LoRA-One's factors at its γ (auto: the line search of
 init/gamma_search.py on the micro-batches after G's). Every finished cell is appended to
-OUT/cells.jsonl, and a relaunch skips the cells already there. At the end OUT/gamma_rank.png (two
+OUT/cells.jsonl and G's triplets are kept in OUT/spectra.pt: a relaunch skips what is done. At the end OUT/gamma_rank.png (two
 heat-maps, loss / base loss) and OUT/summary.json are written.
 """
 import argparse
@@ -47,7 +47,8 @@ def parse_args():
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--out", required=True, type=Path)
     parser.add_argument("--gammas", type=float, nargs="+", default=[8, 16, 32, 64, 128, 256, 512])
-    parser.add_argument("--ranks", type=int, nargs="+", default=[4, 8, 16, 32])
+    parser.add_argument("--ranks", type=int, nargs="+", default=[4, 8, 16, 32], help="run in this order")
+    parser.add_argument("--plot-only", action="store_true", help="draw and summarise the cells done so far, run none")
     parser.add_argument("overrides", nargs="*", help="Hydra overrides of experiment=gamma_rank")
     return parser.parse_args()
 
@@ -62,7 +63,7 @@ def done_cells(path: Path) -> dict:
 class Study:
     """Data, base model and G's spectra, built once; `cell(r, gamma)` runs one grid point."""
 
-    def __init__(self, cfg, max_rank: int):
+    def __init__(self, cfg, max_rank: int, spectra_path: Path):
         self.cfg = cfg
         self.accelerator = Accelerator(cpu=True)
         set_seed(cfg.seed)
@@ -79,12 +80,16 @@ class Study:
                                     cfg.init.bsz, method.batch_count(init_cfg))
         self.base = load_model(cfg.model, tokenizer, cfg.cache_dir)
         self.base_loss = evaluate_loss(self.base, self.eval_loader, self.accelerator)
+        if spectra_path.exists():  # a relaunch: G's top triplets from the first launch
+            self.spectra = torch.load(spectra_path)
+            return
         start = time.perf_counter()
         wrapped = add_lora_adapters(copy.deepcopy(self.base), self.peft(max_rank), "causal", method, cfg.init)
         needed = {name: max_rank for name in lora_layers(wrapped)}
         _, self.spectra = gradient_spectra(wrapped, cfg.init, self.batches[: cfg.init.iters], self.accelerator, needed,
                                            seq2seq=False)
-        self.g_seconds = time.perf_counter() - start
+        torch.save(self.spectra, spectra_path)
+        print(f"G: top-{max_rank} triplets of {len(needed)} layers in {time.perf_counter() - start:.0f} s", flush=True)
 
     def peft(self, r: int):
         peft = copy.deepcopy(self.cfg.peft)
@@ -122,12 +127,17 @@ class Study:
 def heatmap(cells: dict, gammas: list, ranks: list, base_loss: float, path: Path) -> None:
     """Two panels (after init, after training): rows r, columns γ (then auto), colour and label = loss / base."""
     columns = gammas + [AUTO]
+    ratios = {key: np.array([[cells[(r, g)][key] / base_loss if (r, g) in cells else np.nan for g in columns]
+                             for r in ranks]) for key in ("loss_init", "loss_trained")}
+    limit = max(0.1, max(float(np.nanmax(np.abs(np.log2(ratio)))) for ratio in ratios.values()))
     fig, axes = plt.subplots(1, 2, figsize=(10, 3.4), constrained_layout=True)
-    for ax, key, title in zip(axes, ("loss_init", "loss_trained"), ("after init", "after the short training")):
-        ratio = np.array([[cells[(r, g)][key] / base_loss for g in columns] for r in ranks])
-        image = ax.imshow(np.log2(ratio), cmap="RdBu_r", vmin=-1, vmax=1, aspect="auto")
+    for ax, (key, ratio), title in zip(axes, ratios.items(), ("after init", "after the short training")):
+        image = ax.imshow(np.log2(ratio), cmap="RdBu_r", vmin=-limit, vmax=limit, aspect="auto")
         for i, r in enumerate(ranks):
             for j, g in enumerate(columns):
+                if (r, g) not in cells:
+                    ax.text(j, i, "not run", ha="center", va="center", fontsize=6)
+                    continue
                 label = f"{ratio[i, j]:.2f}" + (f"\nγ={cells[(r, g)]['chosen_gamma']:.0f}" if g == AUTO else "")
                 ax.text(j, i, label, ha="center", va="center", fontsize=6.5)
         ax.set_xticks(range(len(columns)), [f"{g:g}" if g != AUTO else "auto" for g in columns])
@@ -148,10 +158,10 @@ def main():
     log_path = args.out / "cells.jsonl"
     cells = done_cells(log_path)
     grid = [(r, g) for r in args.ranks for g in [*args.gammas, AUTO]]
-    todo = [key for key in grid if key not in cells]
+    todo = [] if args.plot_only else [key for key in grid if key not in cells]
     study = None
     for r, gamma in todo:
-        study = study or Study(cfg, max(args.ranks))
+        study = study or Study(cfg, max(args.ranks), args.out / "spectra.pt")
         start = time.perf_counter()
         cell = study.cell(r, gamma)
         cell["seconds"] = time.perf_counter() - start
@@ -162,12 +172,13 @@ def main():
               f"{cell['loss_trained'] / cell['loss_base']:.3f} after {cfg.model.max_steps} steps "
               f"({cell['seconds']:.0f} s)", flush=True)
     base_loss = next(iter(cells.values()))["loss_base"]
-    heatmap(cells, args.gammas, args.ranks, base_loss, args.out / "gamma_rank.png")
-    best = {r: min([*args.gammas, AUTO], key=lambda g: cells[(r, g)]["loss_trained"]) for r in args.ranks}
+    heatmap(cells, args.gammas, sorted(args.ranks), base_loss, args.out / "gamma_rank.png")
+    done = [r for r in args.ranks if all((r, g) in cells for g in [*args.gammas, AUTO])]
+    best = {r: min([*args.gammas, AUTO], key=lambda g: cells[(r, g)]["loss_trained"]) for r in done}
     summary = {"base_loss": base_loss, "gammas": args.gammas, "ranks": args.ranks, "steps": cfg.model.max_steps,
+               "cells_done": len([k for k in grid if k in cells]), "cells": len(grid),
                "best_gamma_after_training": best,
-               "auto_chosen_gamma": {r: cells[(r, AUTO)]["chosen_gamma"] for r in args.ranks},
-               "g_seconds": study.g_seconds if study else None}
+               "auto_chosen_gamma": {r: cells[(r, AUTO)]["chosen_gamma"] for r in args.ranks if (r, AUTO) in cells}}
     (args.out / "summary.json").write_text(json.dumps(summary, indent=2))
     print(json.dumps(summary, indent=2))
 
