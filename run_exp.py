@@ -52,7 +52,7 @@ def init_adapters(cfg: DictConfig, method: InitMethod, model, eval_loader, init_
     the data-driven ones (LoRA-One, LoRA-GA, EVA) right after; the time and memory cover both, so all
     methods compare fairly. Returns the model and what results.json reports about the init."""
     eval_loss_base = evaluate_loss(model, eval_loader, accelerator)
-    log.info("init %s: starting", method.name)
+    log.info("starting the %s init", method.name)
     with measure(accelerator.device) as init_usage:
         model = add_lora_adapters(model, cfg.peft, cfg.model.type, method, cfg.init)
         report = method.initialise(model, cfg.init, init_batches, accelerator, cfg.model.type == "seq2seq")

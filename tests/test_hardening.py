@@ -138,7 +138,7 @@ def test_results_json_is_strict_json_with_null_for_non_finite(tmp_path):
 def test_cli_refuses_a_bad_setting_before_any_work(tmp_path, override, message):
     proc = cli(QUICK + [override], tmp_path)
     assert_error(proc, "^error: " + message + "$")
-    assert "init LoRA-One" not in (tmp_path / "run_exp.log").read_text()  # no init, no training
+    assert "held-out loss" not in (tmp_path / "run_exp.log").read_text()  # no model ran: no init, no training
 
 
 @pytest.mark.parametrize("override,message", [
@@ -283,6 +283,8 @@ def test_storage_errors_are_named_with_the_cause(tmp_path, monkeypatch):
     assert storage_failure(full, str(tmp_path)) == f"{tmp_path / 'results.json'}: disk full (ENOSPC: no space left on device)"
     read_only = OSError(errno.EROFS, "Read-only file system", str(tmp_path / "adapter"))
     assert storage_failure(read_only, str(tmp_path)) == f"{tmp_path / 'adapter'}: read-only file system (EROFS)"
+    lost_errno = RuntimeError("Error while serializing: I/O error: No space left on device (os error 28)")  # safetensors
+    assert storage_failure(lost_errno, str(tmp_path)) == f"a write under {tmp_path} failed: disk full (ENOSPC: no space left on device)"
     assert storage_failure(RuntimeError("shapes do not match"), str(tmp_path)) is None  # not about the disk
     assert storage_failure(FileNotFoundError(errno.ENOENT, "No such file", "x"), str(tmp_path)) is None
 
@@ -369,7 +371,7 @@ def test_resume_falls_back_past_a_damaged_checkpoint_and_ends_like_an_unbroken_r
 def test_cli_names_a_hub_dataset_missing_offline(tmp_path, overrides, message):
     proc = cli(QUICK + overrides, tmp_path / "run", HF_HOME=str(tmp_path / "empty_hf_home"))
     assert_error(proc, message)
-    assert "init LoRA-One" not in (tmp_path / "run" / "run_exp.log").read_text()  # before any training
+    assert "held-out loss" not in (tmp_path / "run" / "run_exp.log").read_text()  # before any model ran
 
 
 def test_mmlu_data_dir_without_questions_is_refused_before_work(tmp_path):
@@ -391,4 +393,4 @@ def test_long_stages_log_their_progress(tmp_path, caplog):
     # held-out loss before the init, after it, after training: 12 rows in batches of 4 = 3 batches
     assert lines.count("held-out loss: 3 batches per process…") == 3
     assert sum(line.startswith("held-out loss ") and "(3 batches, " in line for line in lines) == 3
-    assert "init LoRA-One: starting" in lines
+    assert "starting the LoRA-One init" in lines

@@ -6,6 +6,7 @@ from pathlib import Path
 
 from hydra import compose, initialize_config_dir
 from hydra.core.global_hydra import GlobalHydra
+from hydra.core.hydra_config import HydraConfig
 from omegaconf import DictConfig, OmegaConf
 
 from lora_one import ConfigError
@@ -24,8 +25,9 @@ def conf_dir() -> Path:
 
 def compose_config(overrides: list[str] = (), return_hydra_config: bool = False) -> DictConfig:
     """The config `python run_exp.py <overrides>` would run with (inside a Hydra app: with its config)."""
-    if GlobalHydra.instance().is_initialized():
-        return compose(config_name="config", overrides=list(overrides), return_hydra_config=return_hydra_config)
+    if GlobalHydra.instance().is_initialized():  # the app's search path, and its --config-name
+        name = HydraConfig.get().job.config_name if HydraConfig.initialized() else "config"
+        return compose(config_name=name, overrides=list(overrides), return_hydra_config=return_hydra_config)
     with initialize_config_dir(config_dir=str(conf_dir()), version_base="1.3"):
         return compose(config_name="config", overrides=list(overrides), return_hydra_config=return_hydra_config)
 

@@ -19,6 +19,7 @@ from hydra.experimental.callback import Callback
 
 LOCK_FILE = "run.lock"
 LOW_SPACE_BYTES = 1 << 20  # a write that fails with less free space than this failed for lack of it
+DISK_FULL = "disk full (ENOSPC: no space left on device)"
 
 
 class RunDirError(RuntimeError):
@@ -31,7 +32,7 @@ def os_error_cause(err: BaseException, directory: str) -> str:
     code = getattr(err, "errno", None)
     lost_errno_disk_full = code is None and ("No space left on device" in str(err) or free_bytes(directory) < LOW_SPACE_BYTES)
     if code == errno.ENOSPC or lost_errno_disk_full:
-        return "disk full (ENOSPC: no space left on device)"
+        return DISK_FULL
     if code == errno.EDQUOT:
         return "disk quota exceeded (EDQUOT)"
     if code is not None:
@@ -57,8 +58,8 @@ def storage_failure(err: BaseException, run_dir: str) -> str | None:
     the path and the cause; None for any other error (it keeps its traceback)."""
     if isinstance(err, OSError) and err.errno in STORAGE_ERRNOS:
         return f"{err.filename or run_dir}: {os_error_cause(err, run_dir)}"
-    if os_error_cause(err, run_dir).startswith("disk full"):  # torch.save, safetensors: the errno is lost
-        return f"a write under {run_dir} failed: {os_error_cause(err, run_dir)}"
+    if os_error_cause(err, run_dir) == DISK_FULL:  # torch.save, safetensors: the errno is lost
+        return f"a write under {run_dir} failed: {DISK_FULL}"
     return None
 
 
@@ -71,9 +72,9 @@ def writing(path: str):
     except OSError as err:
         raise RunDirError(f"cannot write {err.filename or path}: {os_error_cause(err, path)}") from err
     except Exception as err:  # torch.save, safetensors: the errno is lost in the message
-        if isinstance(err, RunDirError) or not os_error_cause(err, path).startswith("disk full"):
+        if isinstance(err, RunDirError) or os_error_cause(err, path) != DISK_FULL:
             raise
-        raise RunDirError(f"cannot write {path}: {os_error_cause(err, path)}") from err
+        raise RunDirError(f"cannot write {path}: {DISK_FULL}") from err
 
 
 def finite_or_null(value):
