@@ -152,7 +152,7 @@ def test_cli_refuses_a_bad_setting_before_any_work(tmp_path, override, message):
     ("peft.lora_alpha=0", "peft.lora_alpha must be > 0 (got 0)"),
     ("dataset.max_train_samples=0", "dataset.max_train_samples must be ≥ 1 (got 0): null takes all rows"),
     ("seed=1.5", "seed must be an integer (got 1.5)"),
-    ("init.svd_q=0", "init.svd_q must be ≥ 1 (got 0)"),
+    ("init.svd_niter=-1", "init.svd_niter must be ≥ 0 (got -1)"),
     ("log_every=-1", "log_every must be ≥ 0 (got -1): 0 logs no training-loss lines"),
     ("optim=scaled_adamw optim.prec_reg=tiny", "optim.prec_reg must be a number (got 'tiny')"),
     ("init.stable_gamma=big", "init.stable_gamma must be a number or auto (got 'big')"),
