@@ -215,7 +215,9 @@ def test_table_rows_match_hand_computed_statistics(fake_study):
     assert "| LoRA | 0.01 | 82.00 ± 2.00 | 0.7000 ± 0.1000 | 3 | 10 s | not quoted (the paper's table is T5-base) |" in table
     assert "| LoRA-One | 0.001 | 91.00 ± 1.00 |" in table
     assert "| spectral init only | – (no step) | 50.00 ± 0.00 | 0.7000 ± 0.1000 | 0 |" in table
-    assert "| PiSSA | **missing** (tuning unfinished) | **missing** (0 of 3 seeds) |" in table
+    assert "| PiSSA | **missing** (no tuning run finished) | **missing** (0 of 3 seeds) |" in table
+    partial = report.MethodRuns("LoRA", 1e-3, True, 3, grid=(1, 3))
+    assert report.rate_text(partial) == "0.001 (provisional: 1 of 3 grid points)"
     tuning = report.tuning_table(runs)
     assert "| LoRA | 1.0000 | **0.8000** |" in tuning and "| LoRA-One | **0.7000** | 0.9000 |" in tuning
     assert "| PiSSA | missing | missing |" in tuning
@@ -250,9 +252,10 @@ def test_reproduction_markdown_and_small_figures(fake_study, tmp_path):
     assert "never edit by hand" in text and "- machine: a CPU, 2 torch threads, host box" in text
     assert "- code: commit 0123456789ab" in text and "- tuning runs finished: 4 of 6; seed runs finished: 9 of 12" in text
     assert "sst2 PiSSA (3 seeds)" in text
-    assert "- measured on this machine: 2.0 s per optimizer step (mean over the 6 finished trained seed runs)" in text
+    assert "- measured on this machine: 2.0 s per optimizer step (mean over the 10 finished trained runs, tuning and seed runs)" in text
+    assert "- the 5 unfinished cells need about 0.0 h more" in text  # 2 PiSSA tuning + 3 PiSSA seeds, 10 s each
     figures = [p for p in written if p.suffix == ".png"]
-    assert sorted(p.name for p in figures) == ["sst2_loss.png", "sst2_metric.png"]
+    assert sorted(p.name for p in figures) == ["sst2_grid.png", "sst2_loss.png", "sst2_metric.png"]
     assert all(p.stat().st_size < 150_000 for p in figures)
     assert "![sst2 loss](figures/sst2_loss.png)" in text
 

@@ -1,5 +1,6 @@
-"""The study's figures, per task: the loss per step of each method (mean ± std over seeds) and a bar
-chart of the benchmark metric (mean ± std). Small PNGs (100 dpi) for the repository."""
+"""The study's figures, per task: the learning-rate grid (held-out loss per rate), the loss per step
+of each method (mean ± std over seeds) and a bar chart of the benchmark metric (mean ± std). Small
+PNGs (100 dpi) for the repository."""
 from pathlib import Path
 
 import matplotlib
@@ -71,10 +72,32 @@ def plot_bars(runs: TaskRuns, path: Path) -> bool:
     return True
 
 
+def plot_grid(runs: TaskRuns, path: Path) -> bool:
+    """Held-out loss of each tuning run against its learning rate (log scale), per method."""
+    measured = {method: sorted((rate, loss) for rate, loss in by_rate.items() if loss is not None)
+                for method, by_rate in runs.held_out_losses.items()}
+    if not any(measured.values()):
+        return False
+    fig, ax = plt.subplots(figsize=(6.4, 3.6), dpi=DPI)
+    for method, points in measured.items():
+        if points:
+            ax.plot([r for r, _ in points], [loss for _, loss in points], "o-", label=method)
+    ax.set_xscale("log")
+    ax.set(title=f"{runs.task.name}: learning-rate grid, held-out loss at the tuning seed", xlabel="learning rate",
+           ylabel="held-out loss")
+    ax.title.set_fontsize(9)
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=7)
+    fig.tight_layout()
+    fig.savefig(path)
+    plt.close(fig)
+    return True
+
+
 def plot_task(runs: TaskRuns, out_dir: Path) -> dict[str, Path]:
-    """{kind: path} of the figures written for a task (none before any seed run finished)."""
+    """{kind: path} of the figures written for a task (none before its first finished run)."""
     written = {}
-    for kind, plot in (("loss", plot_losses), ("metric", plot_bars)):
+    for kind, plot in (("grid", plot_grid), ("loss", plot_losses), ("metric", plot_bars)):
         path = out_dir / f"{runs.task.name}_{kind}.png"
         if plot(runs, path):
             written[kind] = path

@@ -29,6 +29,7 @@ class MethodRuns:
     learning_rate: float | None  # chosen on the validation split; None: untrained, or no tuning run finished
     trains: bool
     planned: int                 # seeds planned
+    grid: tuple[int, int] = (0, 0)  # (tuning runs finished, grid size)
     runs: list[dict] = field(default_factory=list)  # the finished seed runs' results
 
 
@@ -37,6 +38,7 @@ class TaskRuns:
     task: Task
     held_out_losses: dict[str, dict[float, float | None]]  # tuning: method → rate → held-out loss (None: not finished)
     methods: list[MethodRuns]
+    tuning_runs: list[dict] = field(default_factory=list)  # the finished tuning runs' results
 
     def of(self, method: str) -> MethodRuns | None:
         return next((m for m in self.methods if m.method == method and m.runs), None)
@@ -51,12 +53,14 @@ def collect(study: Study, root: Path) -> list[TaskRuns]:
         losses = {}
         for cell, results in tuning:
             losses.setdefault(cell.method, {})[cell.learning_rate] = None if results is None else results["eval_loss"]
-        methods = [MethodRuns(m.name, chosen.get(m.name), m.trains, len(study.seeds)) for m in study.methods]
+        methods = [MethodRuns(m.name, chosen.get(m.name), m.trains, len(study.seeds),
+                              (sum(v is not None for v in losses.get(m.name, {}).values()), len(losses.get(m.name, {}))))
+                   for m in study.methods]
         for cell in final_cells(study, task, chosen):
             results = read_results(root, cell)
             if results is not None:
                 next(m for m in methods if m.method == cell.method).runs.append(results)
-        tasks.append(TaskRuns(task, losses, methods))
+        tasks.append(TaskRuns(task, losses, methods, [results for _, results in tuning if results is not None]))
     return tasks
 
 
@@ -97,7 +101,10 @@ def seeds_note(method: MethodRuns) -> str:
 def rate_text(method: MethodRuns) -> str:
     if not method.trains:
         return "– (no step)"
-    return "**missing** (tuning unfinished)" if method.learning_rate is None else f"{method.learning_rate:g}"
+    if method.learning_rate is None:
+        return "**missing** (no tuning run finished)"
+    finished, size = method.grid
+    return f"{method.learning_rate:g}" + ("" if finished == size else f" (provisional: {finished} of {size} grid points)")
 
 
 def table_row(method: MethodRuns, task: Task) -> str:
@@ -206,9 +213,14 @@ def verdict_ranking(runs: TaskRuns) -> str:
     return f"(c) ranking: {order}; {overlap}."
 
 
+def finished_runs(tasks: list[TaskRuns]) -> list[dict]:
+    """Every finished run's results, tuning and seed runs."""
+    return [r for t in tasks for r in t.tuning_runs + [r for m in t.methods for r in m.runs]]
+
+
 def provenance_lines(tasks: list[TaskRuns]) -> list[str]:
     """The machine, code and packages of the finished runs, once (distinct values counted)."""
-    records = [r["provenance"] for t in tasks for m in t.methods for r in m.runs if r.get("provenance")]
+    records = [r["provenance"] for r in finished_runs(tasks) if r.get("provenance")]
     if not records:
         return ["- no run has finished yet"]
 
@@ -234,11 +246,17 @@ def status_lines(study: Study, tasks: list[TaskRuns]) -> list[str]:
     missing = [f"{t.task.name} {m.method} ({m.planned - len(m.runs)} seeds)" for t in tasks for m in t.methods
                if len(m.runs) < m.planned]
     lines.append("- missing: " + ("; ".join(missing) if missing else "nothing: every cell is filled from real runs"))
-    trained = [r for t in tasks for m in t.methods for r in m.runs if r.get("steps")]
+    trained = [r for r in finished_runs(tasks) if r.get("steps")]
     if trained:
         per_step = statistics.fmean(r["train_time_s"] / r["steps"] for r in trained)
         lines.append(f"- measured on this machine: {per_step:.1f} s per optimizer step (mean over the "
-                     f"{len(trained)} finished trained seed runs)")
+                     f"{len(trained)} finished trained runs, tuning and seed runs)")
+    finished = finished_runs(tasks)
+    left = planned_tuning - finished_tuning + planned_final - finished_final
+    if finished and left:
+        hours = left * statistics.fmean(wall_seconds(r) for r in finished) / 3600
+        lines.append(f"- the {left} unfinished cells need about {hours:.1f} h more at this machine's pace "
+                     f"(the mean wall time of a finished run × cells left); resume with `python scripts/reproduce.py cpu`")
     return lines
 
 
