@@ -29,7 +29,7 @@ def init_bench_parser(doc: str, oversampling_help: str | None = None) -> argpars
     """The options the init benchmarks share: `--micro-batches`, and `--oversampling` values when given its help."""
     parser = argparse.ArgumentParser(description=doc, formatter_class=argparse.RawDescriptionHelpFormatter)
     if oversampling_help:
-        parser.add_argument("--oversampling", type=int, nargs="+", default=None, help=oversampling_help)
+        parser.add_argument("--oversampling", type=int, nargs="*", default=None, help=oversampling_help)
     parser.add_argument("--micro-batches", type=int, default=8, help="init micro-batches of 256 tokens")
     return parser
 
@@ -57,7 +57,7 @@ def smollm2_lora(overrides: list[str] = (), micro_batches: int = 8, tokens: int 
 # The init variants the benchmarks compare (overrides of conf/init/gradient.yaml).
 INIT_VARIANTS = {
     "streaming": {"estimator": "streaming", "svd": "full"},
-    "streaming lowrank": {"estimator": "streaming", "svd": "lowrank", "svd_q": 32, "svd_niter": 4},
+    "streaming lowrank": {"estimator": "streaming", "svd": "lowrank", "svd_q": None, "svd_niter": 4},  # q = 4k
     "exact": {"estimator": "exact", "svd": "full"},
     "official": {"estimator": "exact", "svd": "lowrank", "svd_q": 512, "svd_niter": 16},
     "sketch": {"estimator": "sketch"},

@@ -6,7 +6,7 @@ of the estimate and of G_exact; then the held-out loss right after the LoRA-One 
 Targets: streaming G rel. error ≤ 1e-5 and alignment ≥ 0.999 per layer (issue 10); sketch mean
 alignment ≥ 0.99 (issue 6); loss within 1 % of exact's.
 
-    python bench/init_fidelity.py [--lowrank 16:2 32:4] [--oversampling 8 24]
+    python bench/init_fidelity.py [--lowrank 16:2 32:4] [--oversampling 8 24 | --oversampling (no sketch)]
 """
 import torch
 from accelerate import Accelerator
@@ -47,7 +47,7 @@ def main():
         q, niter = map(int, pair.split(":"))
         variants[f"streaming lowrank q={q} niter={niter}"] = {"estimator": "streaming", "svd": "lowrank", "svd_q": q,
                                                               "svd_niter": niter, "save_artifacts": True}
-    for p in args.oversampling or [cfg.init.oversampling]:
+    for p in [cfg.init.oversampling] if args.oversampling is None else args.oversampling:  # `--oversampling` alone: no sketch
         variants[f"sketch p={p}"] = {"estimator": "sketch", "oversampling": p}
     rows, summary = [["exact (full SVD)", 0.0, 1.0, 1.0, 1.0, "-", exact_loss, 0.0]], {}
     for name, overrides in variants.items():

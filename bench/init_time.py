@@ -3,7 +3,7 @@ of 256 GSM8K tokens) over the floor: a plain forward+backward of the same batche
 frozen (activation gradients only). Methods run side by side, interleaved, in one process.
 
     streaming           one checkpointed backward, each G factorised (full SVD) when complete
-    streaming lowrank   the same with torch.svd_lowrank(q=32, niter=4)
+    streaming lowrank   the same with torch.svd_lowrank(q=4k, niter=4)
     exact               all gradients accumulated + full SVD (the reference)
     official            all gradients accumulated + torch.svd_lowrank(q=512, niter=16), as the official code
     sketch              init.estimator=sketch (never forms G)

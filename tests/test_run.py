@@ -128,7 +128,7 @@ def test_cli_error_is_one_line(tmp_path):
     proc = subprocess.run([sys.executable, "run_exp.py", *TINY, "init.stable_gamma=0", f"hydra.run.dir={tmp_path}"],
                           cwd=ROOT, capture_output=True, text=True, timeout=300)
     assert proc.returncode != 0
-    assert proc.stderr.strip().splitlines()[-1] == "error: init.stable_gamma must be > 0 (got 0)"
+    assert proc.stderr.strip().splitlines()[-1] == "error: init.stable_gamma must be > 0 or auto (got 0)"
     assert "Traceback" not in proc.stderr
 
 

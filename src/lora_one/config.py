@@ -67,7 +67,7 @@ NUMERIC_SETTINGS = [
     ("init.max_length", INTEGER, lambda v: v >= 2, "≥ 2"),
     ("init.oversampling", INTEGER, None, ""),
     ("init.sketch_seed", INTEGER, None, ""),
-    ("init.svd_q", INTEGER, lambda v: v >= 1, "≥ 1"),
+    ("init.svd_q", INTEGER, lambda v: v >= 1, "≥ 1; null takes 4 × the singular directions needed"),
     ("init.svd_niter", INTEGER, lambda v: v >= 0, "≥ 0"),
     ("init.rho", REAL, None, ""),
     ("init.tau", REAL, None, ""),
@@ -77,7 +77,7 @@ NUMERIC_SETTINGS = [
     ("log_every", INTEGER, lambda v: v >= 0, "≥ 0; 0 logs no training-loss lines"),
     ("wandb.init_timeout_s", REAL, lambda v: v > 0, "> 0"),
 ]
-NULLABLE = {"dataset.max_train_samples", "optim.max_grad_norm"}
+NULLABLE = {"dataset.max_train_samples", "optim.max_grad_norm", "init.svd_q"}
 WORD_INSTEAD = {"init.stable_gamma": "auto"}  # numeric settings that also take one word (a γ line search)
 ABSENT = object()
 
