@@ -394,3 +394,11 @@ def test_long_stages_log_their_progress(tmp_path, caplog):
     assert lines.count("held-out loss: 3 batches per process…") == 3
     assert sum(line.startswith("held-out loss ") and "(3 batches, " in line for line in lines) == 3
     assert "starting the LoRA-One init" in lines
+
+
+def test_gsm8k_from_the_hub_offline_is_one_line_naming_the_local_setting(monkeypatch):
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    from lora_one.eval import gsm8k
+
+    with pytest.raises(ConfigError, match=r"openai/gsm8k.*eval\.gsm8k\.path"):
+        gsm8k.load_items(compose_config(["eval=gsm8k", "eval.gsm8k.path=null"]).eval.gsm8k)

@@ -1,5 +1,6 @@
 """GSM8K: zero-shot with the training prompt (alpaca), scored by the final number of the completion
 against the gold `#### N`."""
+from lora_one.data.loading import load_hub_dataset
 from lora_one.data.templates import build_prompt
 from lora_one.eval.answers import extract_final_number, format_number, numbers_equal
 from lora_one.eval.generation import Decoding, generate, running_accuracy
@@ -14,9 +15,7 @@ def load_items(cfg) -> list[dict]:
     if cfg.path:
         rows = read_rows(str(cfg.path))
     else:
-        import datasets
-
-        rows = datasets.load_dataset(HUB_ID, HUB_CONFIG, split="test").to_list()
+        rows = load_hub_dataset(HUB_ID, HUB_CONFIG, "test", "eval.gsm8k.path").to_list()
     items = [{"id": str(idx), "prompt": build_prompt("alpaca", {"instruction": row["question"]}),
               "gold": extract_final_number(row["answer"])} for idx, row in enumerate(rows)]
     return select(items, cfg.limit, cfg.subset_seed)

@@ -18,6 +18,7 @@ The loss is that of `exact_full_gradient`: (1/K) Σ_k L_k with L_k micro-batch k
 written as one token-weighted sum Σ_t w_t ℓ_t with w_t = 1/(K·n_k) for the n_k labelled tokens of k.
 """
 import contextlib
+import logging
 from collections.abc import Callable
 
 import torch
@@ -30,6 +31,8 @@ from tqdm.auto import tqdm
 from lora_one.data.encoding import IGNORE_INDEX
 from lora_one.init.estimators import frozen_pretrained
 from lora_one.models.adapters import lora_layers
+
+log = logging.getLogger(__name__)
 
 Factorise = Callable[[str, torch.Tensor], object]
 
@@ -141,6 +144,8 @@ def streaming_spectra(model: PeftModel, batches: list[dict], accelerator: Accele
             raise RuntimeError(f"the gradient of {name} was completed twice: the backward was not one pass")
         spectra[name] = factorise(name, G)
         progress.update()
+        if accelerator.is_main_process and progress.n % max(1, progress.total // 10) == 0:  # for logs without tqdm
+            log.info("one-step gradient: %d/%d layers factorised", progress.n, progress.total)
 
     hooks = []
     with contextlib.ExitStack() as stack:
