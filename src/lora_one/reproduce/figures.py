@@ -13,6 +13,15 @@ from lora_one.reproduce.report import TaskRuns, mean_std, metric_label, scores  
 DPI = 100
 
 
+def save_with_legend(fig, ax, path: Path) -> None:
+    ax.title.set_fontsize(9)
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=7)
+    fig.tight_layout()
+    fig.savefig(path)
+    plt.close(fig)
+
+
 def curve_stats(curves: list[list[float]]) -> tuple[list[float], list[float]]:
     """Per step, mean and std over seeds (cut to the shortest curve)."""
     steps = min(len(c) for c in curves)
@@ -47,12 +56,7 @@ def plot_losses(runs: TaskRuns, path: Path) -> bool:
             color = points.lines[0].get_color()
     ax.set(title=f"{runs.task.name}: training loss per step (lines) and held-out loss (dots), mean ± std",
            xlabel="optimizer step (0: after the init)", ylabel="loss")
-    ax.title.set_fontsize(9)
-    ax.grid(alpha=0.3)
-    ax.legend(fontsize=7)
-    fig.tight_layout()
-    fig.savefig(path)
-    plt.close(fig)
+    save_with_legend(fig, ax, path)
     return True
 
 
@@ -85,12 +89,7 @@ def plot_grid(runs: TaskRuns, path: Path) -> bool:
     ax.set_xscale("log")
     ax.set(title=f"{runs.task.name}: learning-rate grid, held-out loss at the tuning seed", xlabel="learning rate",
            ylabel="held-out loss")
-    ax.title.set_fontsize(9)
-    ax.grid(alpha=0.3)
-    ax.legend(fontsize=7)
-    fig.tight_layout()
-    fig.savefig(path)
-    plt.close(fig)
+    save_with_legend(fig, ax, path)
     return True
 
 
