@@ -2,7 +2,6 @@
 holds the top right-singular vectors of each target layer's *inputs* on a few training batches
 (incremental SVD until they converge, `tau`), B₀ = 0, so the model is unchanged at init. With
 `rho` > 1 PEFT redistributes ranks across layers by explained variance."""
-from lora_one import ConfigError
 from lora_one.init.method import InitMethod, InitReport, register
 
 
@@ -10,14 +9,6 @@ from lora_one.init.method import InitMethod, InitReport, register
 class EVA(InitMethod):
     name = "EVA"
     needs_batches = True
-
-    def check_config(self, cfg):
-        if cfg.rho < 1:
-            raise ConfigError(f"init.rho must be ≥ 1 (got {cfg.rho})")
-        if not 0 < cfg.tau <= 1:
-            raise ConfigError(f"init.tau must be in (0, 1] (got {cfg.tau})")
-        if cfg.bsz < 1 or cfg.iters < 1:
-            raise ConfigError(f"init.bsz and init.iters must be ≥ 1 (got {cfg.bsz}, {cfg.iters})")
 
     def lora_config_kwargs(self, cfg) -> dict:
         from peft import EvaConfig

@@ -48,12 +48,8 @@ class GradientInit(InitMethod):
             check_search_config(cfg.gamma_search)
         elif not cfg.stable_gamma > 0:
             raise ConfigError(f"init.stable_gamma must be > 0 or auto (got {cfg.stable_gamma})")
-        if cfg.bsz < 1 or cfg.iters < 1:
-            raise ConfigError(f"init.bsz and init.iters must be ≥ 1 (got {cfg.bsz}, {cfg.iters})")
         if cfg.estimator not in ESTIMATORS:
             raise ConfigError(f"init.estimator '{cfg.estimator}' is unknown; use one of {ESTIMATORS}")
-        if cfg.oversampling < 0:
-            raise ConfigError(f"init.oversampling must be ≥ 0 (got {cfg.oversampling})")
         if cfg.svd not in SVD_METHODS:
             raise ConfigError(f"init.svd '{cfg.svd}' is unknown; use one of {SVD_METHODS}")
         if cfg.checkpointing not in ("auto", True, False):

@@ -1,5 +1,4 @@
 """PEFT's own initialisations, set while PEFT wraps the model: nothing to do afterwards."""
-from lora_one import ConfigError
 from lora_one.init.method import InitMethod, register
 
 
@@ -30,7 +29,3 @@ class PiSSA(InitMethod):
 
     def lora_config_kwargs(self, cfg):
         return {"init_lora_weights": f"pissa_niter_{cfg.niter}" if cfg.niter else "pissa"}
-
-    def check_config(self, cfg):
-        if cfg.niter < 0:
-            raise ConfigError(f"init.niter must be ≥ 0 (got {cfg.niter})")
