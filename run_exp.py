@@ -34,6 +34,7 @@ from lora_one.eval import run_evaluators
 from lora_one.init import METHODS, InitMethod, init_method, redo_base_offset, save_init_artifacts, save_initial_adapter
 from lora_one.init.dora import restore_exported_magnitudes
 from lora_one.models import add_lora_adapters, load_model, load_tokenizer
+from lora_one.models.adapters import ADAPTER
 from lora_one.models.loading import name_base_model
 from lora_one.provenance import provenance
 from lora_one.profiling import measure
@@ -64,7 +65,7 @@ def init_adapters(cfg: DictConfig, method: InitMethod, model, eval_loader, init_
             save_init_artifacts(init_dir, report.gradients, init_batches or [], model)
         elif method.moves_base:  # needed to export the trained adapter against the original base, and to resume
             save_initial_adapter(model, os.path.join(init_dir, "adapter"))
-    rank_pattern = dict(model.peft_config["default"].rank_pattern)  # per-layer ranks an init chose (EVA, rho > 1)
+    rank_pattern = dict(model.peft_config[ADAPTER].rank_pattern)  # per-layer ranks an init chose (EVA, rho > 1)
     return model, {"init_method": method.name, "init_time_s": init_usage.seconds, "init_peak_mem_mb": init_usage.peak_mem_mb,
                    "init_layers": report.layer_stats, "rank_pattern": rank_pattern,
                    "eval_loss_base": eval_loss_base, "eval_loss_after_init": eval_loss_init, **report.extra}

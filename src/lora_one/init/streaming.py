@@ -125,8 +125,7 @@ def streaming_spectra(model: PeftModel, batches: list[dict], accelerator: Accele
         raise ValueError(f"{K} init micro-batches cannot be shared by {accelerator.num_processes} processes")
     device = accelerator.device
     batch, targets, weights = concatenate_micro_batches(mine, K, seq2seq)
-    batch, targets, weights = (tree.to(device) if torch.is_tensor(tree) else {k: v.to(device) for k, v in tree.items()}
-                               for tree in (batch, targets, weights))
+    batch, targets, weights = {k: v.to(device) for k, v in batch.items()}, targets.to(device), weights.to(device)
     if seq2seq:
         batch["decoder_input_ids"] = model.get_base_model().prepare_decoder_input_ids_from_labels(labels=batch["labels"])
     del batch["labels"]
