@@ -148,6 +148,9 @@ def run(cfg: DictConfig, out_dir: str, wandb_group: str | None = None) -> dict:
         def after_step(now: TrainState, stopping: bool) -> None:
             tracker.log({"train/loss": now.loss[-1], "train/lr": now.lr[-1], "train/grad_norm": now.grad_norm[-1],
                          "train/tokens_per_s": now.tokens_per_s}, step=now.step)
+            if cfg.eval_loss_every and now.step % cfg.eval_loss_every == 0 and now.step < total_steps:
+                now.eval_loss.append([now.step, evaluate_loss(model, eval_loader, accelerator)])
+                tracker.log({"eval/loss": now.eval_loss[-1][1]}, step=now.step)
             if diagnostics and now.step % cfg.diagnostics.alignment_every == 0:
                 tracker.log(diagnostics.measure(accelerator.unwrap_model(model), now.step), step=now.step)
             every = cfg.checkpoint.every_n_steps
@@ -188,6 +191,9 @@ def run(cfg: DictConfig, out_dir: str, wandb_group: str | None = None) -> dict:
         "total_params": sum(p.numel() for p in peft_model.parameters()),
         **run_info,
         "eval_loss": eval_loss_final,
+        # the held-out loss over training: after the init (step 0), every `eval_loss_every` steps, at the end
+        "eval_loss_curve": [[0, run_info["eval_loss_after_init"]], *history.eval_loss,
+                            *([[history.step, eval_loss_final]] if total_steps > 0 else [])],
         "train_loss_curve": history.loss,
         "lr_curve": history.lr,
         "grad_norm_curve": history.grad_norm,

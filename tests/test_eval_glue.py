@@ -107,8 +107,11 @@ def test_paper_protocol_compares_first_tokens():
 # --- scoring with a model
 
 def hand_log_likelihoods(model, tokenizer, prompt: str, word: str) -> list[float]:
-    """log p of each token of word + eos after the prompt, from one unpadded forward pass."""
-    target = tokenizer(word, add_special_tokens=False)["input_ids"] + [tokenizer.eos_token_id]
+    """log p of each token of word + eos after the prompt, from one unpadded forward pass (a causal
+    model reads the word after a space: GLUE prompts end in the sentence's last character)."""
+    assert not prompt[-1].isspace()
+    spaced = word if model.config.is_encoder_decoder else " " + word
+    target = tokenizer(spaced, add_special_tokens=False)["input_ids"] + [tokenizer.eos_token_id]
     with torch.no_grad():
         if model.config.is_encoder_decoder:
             source = torch.tensor([tokenizer(prompt, add_special_tokens=False)["input_ids"]])

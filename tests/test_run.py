@@ -81,6 +81,34 @@ def test_labels_mask_the_prompt():
     assert encoded["input_ids"][-1] == tokenizer.eos_token_id
 
 
+def test_a_response_glued_to_the_prompt_is_read_after_a_space():
+    """`…journey .` + `positive` → the causal model reads `… . positive`; T5's target is the bare word;
+    a prompt ending in whitespace gets nothing added."""
+    cfg = compose_config(TINY)
+    tokenizer = load_tokenizer(cfg.model, cfg.cache_dir)
+    prompt = "sst2 sentence: a charming journey ."
+    [causal] = encode_rows(tokenizer, [{"prompt": prompt, "response": "positive"}], 64, seq2seq=False)
+    assert tokenizer.decode(causal["input_ids"][:-1]) == prompt + " positive"
+    [seq2seq] = encode_rows(tokenizer, [{"prompt": prompt, "response": "positive"}], 64, seq2seq=True)
+    assert tokenizer.decode(seq2seq["labels"][:-1]) == "positive"
+    [spaced] = encode_rows(tokenizer, [{"prompt": prompt + "\n", "response": "positive"}], 64, seq2seq=False)
+    assert tokenizer.decode(spaced["input_ids"][:-1]) == prompt + "\npositive"
+
+
+def test_held_out_loss_curve_every_n_steps(tmp_path):
+    """eval_loss_every=2 over 5 steps: the held-out loss after the init, at steps 2 and 4, and at the end,
+    each equal to a held-out pass of the same run's state; measuring does not change training."""
+    plain = run_experiment(TINY + ["model.max_steps=5"], tmp_path / "plain")
+    curve = run_experiment(TINY + ["model.max_steps=5", "eval_loss_every=2"], tmp_path / "curve")
+    assert [step for step, _ in curve["eval_loss_curve"]] == [0, 2, 4, 5]
+    assert curve["eval_loss_curve"][0][1] == curve["eval_loss_after_init"]
+    assert curve["eval_loss_curve"][-1][1] == curve["eval_loss"]
+    assert curve["train_loss_curve"] == plain["train_loss_curve"] and curve["eval_loss"] == plain["eval_loss"]
+    assert [step for step, _ in plain["eval_loss_curve"]] == [0, 5]
+    shorter = run_experiment(TINY + ["model.max_steps=2"], tmp_path / "shorter")  # same two steps (constant lr)
+    assert curve["eval_loss_curve"][1][1] == pytest.approx(shorter["eval_loss"], abs=1e-6)
+
+
 def test_toy_math_is_deterministic_and_gsm8k_formatted():
     rows = generate_toy_math(50, seed=3)
     assert rows == generate_toy_math(50, seed=3) and rows != generate_toy_math(50, seed=4)

@@ -74,6 +74,7 @@ NUMERIC_SETTINGS = [
     ("init.niter", INTEGER, lambda v: v >= 0, "≥ 0"),
     ("checkpoint.every_n_steps", INTEGER, lambda v: v >= 0, "≥ 0"),
     ("checkpoint.keep", INTEGER, lambda v: v >= 1, "≥ 1"),
+    ("eval_loss_every", INTEGER, lambda v: v >= 0, "≥ 0; 0 measures the held-out loss after the init and at the end only"),
     ("log_every", INTEGER, lambda v: v >= 0, "≥ 0; 0 logs no training-loss lines"),
     ("wandb.init_timeout_s", REAL, lambda v: v > 0, "> 0"),
 ]

@@ -9,7 +9,15 @@ IGNORE_INDEX = -100  # label value the loss skips
 
 def encode_example(tokenizer: PreTrainedTokenizerBase, prompt: str, response: str, max_length: int, seq2seq: bool) -> dict:
     """Causal: input = prompt + response + eos, labels = -100 on the prompt part.
-    Seq2seq: input = prompt, labels = response + eos. Both truncated to `max_length`."""
+    Seq2seq: input = prompt, labels = response + eos. Both truncated to `max_length`.
+
+    Causal: a response that would be glued to the prompt's last word (`…journey .` + `positive`) is
+    read after a space, as in running text (`… . positive`): BPE tokenizers have a word-initial token
+    for it (`Ġpositive`), and the word glued on is a piece the model has hardly seen (SmolLM2: 14.0
+    nats for `positive` vs 10.6 for ` positive`). Prompts ending in whitespace (Alpaca's `Response:\n`)
+    are unchanged."""
+    if not seq2seq and prompt and response and not prompt[-1].isspace() and not response[0].isspace():
+        response = " " + response
     response_ids = tokenizer(response, add_special_tokens=False)["input_ids"] + [tokenizer.eos_token_id]
     if seq2seq:
         input_ids = tokenizer(prompt, add_special_tokens=False)["input_ids"][:max_length]

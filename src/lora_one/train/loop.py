@@ -47,6 +47,7 @@ class TrainState:
     loss: list = field(default_factory=list)  # per optimizer step, averaged over processes
     lr: list = field(default_factory=list)
     grad_norm: list = field(default_factory=list)
+    eval_loss: list = field(default_factory=list)  # [step, held-out loss] pairs measured during training
     tokens: int = 0  # non-padding tokens seen, all processes
     train_seconds: float = 0.0
     interrupted: bool = False  # stopped early on request (preemption), after `after_step` saw it
