@@ -16,7 +16,10 @@ label's first token is more probable than the other label's first token (strictl
 finds "the other label" as (sum of the label first-token ids present) − (gold id), which for a
 3-class task (MNLI) is in general no label's token at all; here, for any number of classes, an
 example is correct when the gold label's first token is more probable than every other label's
-first token, which equals their rule on 2-class tasks.
+first token, which equals their rule on 2-class tasks. (A causal model reads the label word after a
+space, `encode_example`; with a tokenizer that makes that space a token of its own, e.g. the tiny
+models' byte-level one, every label shares its first token and this protocol scores 0. SmolLM2's
+and T5's tokenizers start each label with a different word-initial token.)
 
 The labelled dev set is scored (`split: dev`; GLUE test labels are private), or with
 `split: validation` the rows that `load_splits` holds out of the training set (same seed, same
