@@ -14,7 +14,13 @@ Writes table.md (with the runs' provenance: commit, packages, device, once if al
 per row), table.tex and, per training dataset, loss_<dataset>.png: the mean training loss per step of
 each row, shaded ± 1 std over seeds.
 
-    python scripts/make_table.py multirun/2026-01-01/12-00-00 [--out DIR]
+With `--layout reproduction` (a paper-scale sweep, `python scripts/reproduce.py paper --table gsm8k`),
+writes instead reproduction.md in REPRODUCTION.md's per-task layout: per task (a benchmark; GLUE: its
+task; runs without one: the training dataset) one table, a row per group of seeds: method, the
+learning rate, the task's metric in percent (MCC ×100), held-out loss, steps, wall time per run and
+the number published at paper scale; then the provenance and the published numbers' sources.
+
+    python scripts/make_table.py multirun/2026-01-01/12-00-00 [--out DIR] [--layout reproduction]
 """
 import argparse
 import json
@@ -27,6 +33,9 @@ from pathlib import Path
 import matplotlib
 import yaml
 from hydra.core.override_parser.overrides_parser import OverridesParser
+
+from lora_one.reproduce.published import published_cell, published_table
+from lora_one.reproduce.report import METRIC_NAMES, mean_std, metric_of, wall_seconds
 
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
@@ -41,6 +50,10 @@ BOOKKEEPING = {"cache_dir", "resume", "checkpoint", "wandb", "hydra"}
 METHOD_KEYS = {"init", "init.name", "init.direction", "optim", "optim.name"}
 # Provenance entries that differ between any two runs by nature.
 RUN_TIMES = ("start", "end")
+LEARNING_RATE = "model.learning_rate"  # the reproduction layout's lr column
+# make_table's method names that the paper (and published.py) names otherwise; AdamW, the paper's
+# default optimizer, is left out of every other name ("LoRA-One + adamw" is the paper's "LoRA-One").
+PAPER_NAMES = {"LoRA + loraplus": "LoRA+"}
 
 
 @dataclass
@@ -175,22 +188,23 @@ def flatten(metrics: dict, prefix: str = "") -> dict[str, float]:
     return flat
 
 
+def headline(metrics: dict) -> tuple[str, float] | None:
+    """(metric, value) of a benchmark's first headline metric found, or None."""
+    flat = flatten(metrics)
+    metric = next((m for m in HEADLINE_METRICS if m in flat), None)
+    return None if metric is None else (metric, flat[metric])
+
+
 def scores_of(results: dict) -> dict[tuple[str, str], float]:
     """{(task, metric): value}: each benchmark's headline metric, or (dataset, eval loss)."""
-    benchmarks = results.get("eval") or {}
     scores = {}
-    for task, metrics in benchmarks.items():
-        flat = flatten(metrics)
-        metric = next((m for m in HEADLINE_METRICS if m in flat), None)
-        if metric is not None:
-            scores[(task, metric)] = flat[metric]
+    for task, metrics in (results.get("eval") or {}).items():
+        found = headline(metrics)
+        if found is not None:
+            scores[(task, found[0])] = found[1]
     if not scores:
         scores[(results["config"]["dataset"]["name"], EVAL_LOSS)] = results["eval_loss"]
     return scores
-
-
-def mean_std(values: list[float]) -> tuple[float, float]:
-    return statistics.fmean(values), statistics.stdev(values) if len(values) > 1 else 0.0
 
 
 def aggregate(runs: list[Run]) -> tuple[list[Row], list[str], list[tuple[str, str]]]:
@@ -315,6 +329,89 @@ def provenance_section(rows: list[Row]) -> str:
     return "\n".join(lines) + "\n"
 
 
+def task_scores(results: dict) -> dict[str, tuple[str, float]]:
+    """{task: (metric, value)} of each benchmark a run scored, as REPRODUCTION.md names them: a
+    benchmark configured with a `task` (GLUE: the run's dataset) is that task, scored by its
+    `main_metric` (report.metric_of: CoLA's Matthews correlation, MRPC's F1); any other is its own
+    task, scored by its headline metric."""
+    scores = {}
+    for benchmark, metrics in (results.get("eval") or {}).items():
+        found = metric_of(results, benchmark) if "main_metric" in metrics else headline(metrics)
+        if found is not None:
+            scores[results["config"]["eval"][benchmark].get("task", benchmark)] = found
+    return scores
+
+
+def row_scores(row: Row) -> dict[str, tuple[str | None, list[float]]]:
+    """task → (metric, the seeds' values) of one row; runs that scored no benchmark count under their
+    training dataset with no metric (their held-out loss is the whole result)."""
+    scores = {}
+    for run in row.runs:
+        scored = task_scores(run.results)
+        if not scored:
+            scores.setdefault(run.results["config"]["dataset"]["name"], (None, []))
+        for task, (metric, value) in scored.items():
+            scores.setdefault(task, (metric, []))[1].append(value)
+    return scores
+
+
+def rows_by_task(rows: list[Row]) -> dict[str, list[tuple[Row, str | None, list[float]]]]:
+    """task → [(row, metric, its seeds' values)] in row order, tasks in name order."""
+    by_task = defaultdict(list)
+    for row in rows:
+        for task, (metric, values) in row_scores(row).items():
+            by_task[task].append((row, metric, values))
+    return dict(sorted(by_task.items()))
+
+
+def paper_name(method: str) -> str:
+    """make_table's method name as published.py names it."""
+    return PAPER_NAMES.get(method, method.removesuffix(" + adamw"))
+
+
+def reproduction_row(task: str, row: Row, metric: str | None, values: list[float], shown: list[int]) -> str:
+    """One row of report.py's task table for a group of seeds: its rate, the metric in percent (MCC
+    ×100) with the seed count, held-out loss, steps, wall time and the published number. report's
+    table_row needs the CPU study's planned cells (MethodRuns, Task), hence this sibling."""
+    runs = [run.results for run in row.runs]
+    if metric is None:
+        score = "– (no benchmark)"
+    else:
+        mean, std = mean_std([100 * v for v in values])
+        score = f"{mean:.2f} ± {std:.2f} ({len(values)} seed{'s' * (len(values) != 1)})"
+    loss_mean, loss_std = mean_std([r["eval_loss"] for r in runs])
+    steps = "/".join(str(s) for s in sorted({r["steps"] for r in runs}))
+    walls = [wall_seconds(r) for r in runs if r.get("provenance")]
+    wall = f"{statistics.fmean(walls):.0f} s" if walls else "–"
+    cells = [row.method, *(row.settings[i] for i in shown), shown_value(runs[0]["config"], LEARNING_RATE), score,
+             f"{loss_mean:.4f} ± {loss_std:.4f}", steps, wall, published_cell(task, paper_name(row.method))]
+    return "| " + " | ".join(cells) + " |"
+
+
+def reproduction_table(task: str, entries: list[tuple[Row, str | None, list[float]]], settings: list[str]) -> str:
+    """report.py's task table (method | lr | metric | held-out loss | steps | wall time | published),
+    with a column after the method for each setting other than the rate that differs between its rows."""
+    shown = [i for i, key in enumerate(settings)
+             if key != LEARNING_RATE and len({row.settings[i] for row, _, _ in entries}) > 1]
+    metric = next((m for _, m, _ in entries if m is not None), None)
+    label = "metric" if metric is None else METRIC_NAMES.get(metric, f"{metric} (%)")
+    header = ["method", *(settings[i] for i in shown), "lr", f"{label}, mean ± std over seeds", "held-out loss",
+              "steps", "wall time per run", "published, paper scale"]
+    lines = ["| " + " | ".join(header) + " |", "|---|" + "---|" * len(shown) + "---:|" * 5 + "---|"]
+    lines += [reproduction_row(task, row, m, values, shown) for row, m, values in entries]
+    return "\n".join(lines) + "\n"
+
+
+def reproduction_markdown(rows: list[Row], settings: list[str], source: Path) -> str:
+    """REPRODUCTION.md's per-task layout for a sweep: a table per task, the runs' provenance, then
+    the published numbers with the sources the table's [n] refer to."""
+    sections = [f"## {task}\n\n{reproduction_table(task, entries, settings)}"
+                for task, entries in rows_by_task(rows).items()]
+    return (f"# Sweep {source}\n\nPer task: one row per setting, mean ± sample std over its seeds.\n\n"
+            + "\n".join(sections) + f"\n## Provenance\n\n{provenance_section(rows)}\n"
+            f"## Published numbers (paper scale, as quoted in the reproduction issue)\n\n{published_table()}")
+
+
 def plot_loss_curves(rows: list[Row], out_dir: Path) -> list[Path]:
     """One PNG per training dataset: per row, the mean training loss per step over seeds (curves cut
     to the shortest seed's), shaded ± 1 std."""
@@ -348,6 +445,8 @@ def main(argv=None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("multirun_dir", type=Path)
     parser.add_argument("--out", type=Path, help="where to write the table and plots (default: multirun_dir)")
+    parser.add_argument("--layout", choices=("table", "reproduction"), default="table",
+                        help="table: table.md, table.tex and loss plots; reproduction: reproduction.md, per task")
     args = parser.parse_args(argv)
     if not args.multirun_dir.is_dir():
         raise SystemExit(f"error: {args.multirun_dir} is not a directory")
@@ -355,13 +454,17 @@ def main(argv=None) -> None:
     rows, settings, columns = aggregate(runs)
     out_dir = args.out or args.multirun_dir
     out_dir.mkdir(parents=True, exist_ok=True)
-    markdown = markdown_table(rows, settings, columns) + "\n" + provenance_section(rows)
-    (out_dir / "table.md").write_text(markdown)
-    (out_dir / "table.tex").write_text(latex_table(rows, settings, columns))
-    plots = plot_loss_curves(rows, out_dir)
+    if args.layout == "reproduction":
+        markdown = reproduction_markdown(rows, settings, args.multirun_dir)
+        texts = {out_dir / "reproduction.md": markdown}
+    else:
+        markdown = markdown_table(rows, settings, columns) + "\n" + provenance_section(rows)
+        texts = {out_dir / "table.md": markdown, out_dir / "table.tex": latex_table(rows, settings, columns)}
+    for path, text in texts.items():
+        path.write_text(text)
+    plots = plot_loss_curves(rows, out_dir) if args.layout == "table" else []
     print(markdown)
-    print(f"{len(runs)} runs → {out_dir / 'table.md'}, {out_dir / 'table.tex'}, " + ", ".join(str(p) for p in plots),
-          file=sys.stderr)
+    print(f"{len(runs)} runs → " + ", ".join(str(p) for p in [*texts, *plots]), file=sys.stderr)
 
 
 if __name__ == "__main__":

@@ -1,6 +1,7 @@
 """The paper's tables from one command.
 
-    python scripts/reproduce.py cpu [--out outputs/reproduce_cpu]   # the CPU study (resumable) → REPRODUCTION.md
+    python scripts/reproduce.py cpu [--out outputs/reproduce_cpu] [--workers 2 [--threads 1]]
+                                    # the CPU study (resumable) → REPRODUCTION.md; cells side by side in N processes
     python scripts/reproduce.py report [--out outputs/reproduce_cpu] # REPRODUCTION.md from what has finished
     python scripts/reproduce.py paper --table gsm8k [--dry-run] [overrides]  # the paper table's slurm job arrays
 
@@ -17,13 +18,21 @@ os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
 
 def cpu(args) -> None:
+    from concurrent.futures.process import BrokenProcessPool
+
     import run_exp
     from lora_one.reproduce.plan import cell_count, cpu_study
-    from lora_one.reproduce.runner import Progress, run_study
+    from lora_one.reproduce.runner import Progress, run_study, run_study_in_pool
 
     study = cpu_study()
     progress = Progress(cell_count(study), lambda line: print(line, flush=True))
-    run_study(study, args.out, run_exp.run, progress)
+    if args.workers == 1:
+        run_study(study, args.out, run_exp.run, progress)
+    else:
+        try:
+            run_study_in_pool(study, args.out, run_exp.run, progress, args.workers, args.threads)
+        except BrokenProcessPool as err:  # a worker was killed (out of memory?): the finished cells are kept
+            raise SystemExit(f"error: a worker process died ({err}); resume with the same command") from None
     report(args)
 
 
@@ -43,6 +52,13 @@ def paper(args) -> None:
     launch(commands, ROOT, dry_run=args.dry_run)
 
 
+def at_least_one(text: str) -> int:
+    number = int(text)
+    if number < 1:
+        raise argparse.ArgumentTypeError(f"{text} is not a positive count")
+    return number
+
+
 def main(argv=None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     sub = parser.add_subparsers(dest="command", required=True)
@@ -51,6 +67,12 @@ def main(argv=None) -> None:
         command = sub.add_parser(name, help=helptext)
         command.add_argument("--out", type=Path, default=ROOT / "outputs" / "reproduce_cpu",
                              help="the study's run directories (default: outputs/reproduce_cpu, git-ignored)")
+    cpu_command = sub.choices["cpu"]
+    cpu_command.add_argument("--workers", type=at_least_one, default=1,
+                             help="cells run side by side in this many processes (default 1: one after another, "
+                                  "in this process); one per core is fastest on a CPU")
+    cpu_command.add_argument("--threads", type=at_least_one, default=1,
+                             help="torch threads in each worker process, with --workers > 1 (default 1)")
     table = sub.add_parser("paper", help="compose (and launch) a paper table's sweeps via the slurm launcher")
     table.add_argument("--table", required=True)
     table.add_argument("--sweep-root", default="multirun/paper", help="each sweep's hydra.sweep.dir goes under it")

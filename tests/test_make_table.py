@@ -12,16 +12,18 @@ from conftest import ROOT, TINY
 
 sys.path.insert(0, str(ROOT / "scripts"))
 import make_table  # noqa: E402
+from lora_one.reproduce.paper import PAPER_METHODS  # noqa: E402
+from lora_one.reproduce.plan import slug  # noqa: E402
 
 
 def write_results(path, direction, seed, eval_loss, curve, benchmarks=None, init="gradient", optim="adamw",
                   overrides=None, provenance=None, **config):
-    """A results.json as run_exp writes it (the config keys tests need), and the run's Hydra
-    overrides in .hydra/overrides.yaml when given."""
+    """A results.json as run_exp writes it (the config keys tests need; one step per training-loss
+    point), and the run's Hydra overrides in .hydra/overrides.yaml when given."""
     path.mkdir(parents=True)
     results = {"config": {"init": {"name": init, "direction": direction}, "optim": {"name": optim},
                           "dataset": {"name": "toy_math"}, "seed": seed, **config},
-               "eval_loss": eval_loss, "train_loss_curve": curve}
+               "eval_loss": eval_loss, "train_loss_curve": curve, "steps": len(curve)}
     if benchmarks is not None:
         results["eval"] = benchmarks
     if provenance is not None:
@@ -82,16 +84,17 @@ def test_a_learning_rate_sweep_gives_one_row_per_rate(tmp_path, with_overrides):
         "| LoRA-One + adamw | 0.1 | 2 | 7.0000 ± 2.8284 |"]
 
 
-def test_same_overrides_with_different_resolved_configs_are_refused(tmp_path):
+@pytest.mark.parametrize("layout, written", [("table", "table.md"), ("reproduction", "reproduction.md")])
+def test_same_overrides_with_different_resolved_configs_are_refused(tmp_path, layout, written):
     lr_sweep(tmp_path, with_overrides=True, peft={"lora_alpha": 16})
     moved = json.loads((tmp_path / "1_lr0.1_seed2" / "results.json").read_text())
     moved["config"]["peft"]["lora_alpha"] = 32  # the default changed before seed 2 of lr 0.1 was launched
     (tmp_path / "1_lr0.1_seed2" / "results.json").write_text(json.dumps(moved))
     with pytest.raises(SystemExit) as refused:
-        make_table.main([str(tmp_path)])
+        make_table.main([str(tmp_path), "--layout", layout])
     assert str(refused.value) == ("error: refusing to average 0_lr0.1_seed1 and 1_lr0.1_seed2: same overrides, but "
                                   "their resolved configs differ in peft.lora_alpha (16 vs 32)")
-    assert not (tmp_path / "table.md").exists()
+    assert not (tmp_path / written).exists()
 
 
 def provenance_record(commit, start, end):
@@ -132,6 +135,74 @@ def test_benchmark_headline_metrics_become_columns(tmp_path):
     gsm = row.cells[("gsm8k", "accuracy")]
     assert gsm == [0.25, 0.35]
     assert make_table.cell_text(gsm, "accuracy") == f"30.00 ± {100 * statistics.stdev(gsm):.2f}"  # 7.07
+
+
+def paper_gsm8k_sweep(root):
+    """LoRA-One and LoRA-One + scaled_adamw × seeds 1, 2 on gsm8k, laid out and launched as
+    `reproduce.py paper --table gsm8k` does (<table>/<method>/<job>). LoRA-One's runs record their
+    provenance (wall times 300 s and 1800 s), the scaled_adamw runs do not."""
+    runs = {("LoRA-One", "adamw"): [(0.55, 1.0, ("2026-01-01T10:00:00+00:00", "2026-01-01T10:05:00+00:00")),
+                                    (0.60, 1.2, ("2026-01-01T09:00:00+00:00", "2026-01-01T09:30:00+00:00"))],
+            ("LoRA-One + scaled_adamw", "scaled_adamw"): [(0.40, 1.5, None), (0.46, 1.9, None)]}
+    for (method, optim), seeds in runs.items():
+        method_overrides = ["init=gradient", "init.direction=LoRA-One", *([f"optim={optim}"] if optim != "adamw" else [])]
+        for seed, (accuracy, loss, times) in enumerate(seeds, 1):
+            write_results(root / "gsm8k" / slug(method) / str(seed - 1), "LoRA-One", seed, loss, [3.0, 2.0, 1.5],
+                          {"gsm8k": {"accuracy": accuracy, "n": 1319}}, optim=optim,
+                          overrides=["hydra/launcher=slurm", "experiment=llama2_metamath", *method_overrides,
+                                     f"seed={seed}"],
+                          provenance=provenance_record("a" * 40, *times) if times else None,
+                          model={"name": "llama2_7b", "learning_rate": 2e-4}, eval={"gsm8k": {"seed": seed}})
+
+
+def test_reproduction_layout_of_a_paper_sweep(tmp_path):
+    """Per task, report.py's table: a row per method, the metric in percent with its seed count.
+    By hand: LoRA-One accuracy (55, 60) → 57.50 ± 5/√2 = 3.54, held-out loss (1.0, 1.2) → 1.1000 ±
+    0.1414, wall time (300 s + 1800 s) / 2 = 1050 s; scaled_adamw (40, 46) → 43.00 ± 6/√2 = 4.24, loss
+    (1.5, 1.9) → 1.7000 ± 0.2828, no wall time recorded. Published: LoRA-One's README curve [1]."""
+    paper_gsm8k_sweep(tmp_path / "sweep")
+    make_table.main([str(tmp_path / "sweep"), "--layout", "reproduction", "--out", str(tmp_path / "out")])
+    markdown = (tmp_path / "out" / "reproduction.md").read_text()
+    section = markdown.split("## gsm8k\n\n")[1].split("\n\n")[0].splitlines()
+    assert section == [
+        "| method | lr | accuracy (%), mean ± std over seeds | held-out loss | steps | wall time per run | "
+        "published, paper scale |",
+        "|---|---:|---:|---:|---:|---:|---|",
+        "| LoRA-One + adamw | 0.0002 | 57.50 ± 3.54 (2 seeds) | 1.1000 ± 0.1414 | 3 | 1050 s | 57.5 / 63.8 [1] |",
+        "| LoRA-One + scaled_adamw | 0.0002 | 43.00 ± 4.24 (2 seeds) | 1.7000 ± 0.2828 | 3 | – | not published |"]
+    assert "Provenance differs between runs:" in markdown  # make_table's provenance section, per row
+    assert "[1] LoRA-One official README" in markdown  # the published numbers' sources
+    assert not (tmp_path / "out" / "table.md").exists()
+
+
+def test_reproduction_layout_names_glue_tasks_and_datasets_without_benchmark(tmp_path):
+    """A GLUE run is filed under its task with its main metric (CoLA: MCC ×100, (0.3, 0.5) → 40.00 ±
+    14.14); a learning-rate sweep without benchmark under its dataset, one row per rate."""
+    for seed, mcc in ((1, 0.3), (2, 0.5)):
+        write_results(tmp_path / "glue" / str(seed), None, seed, 0.5, [1.0], init="pissa",
+                      benchmarks={"glue": {"accuracy": 0.8, "matthews_correlation": mcc,
+                                           "main_metric": "matthews_correlation"}},
+                      model={"learning_rate": 1e-4}, eval={"glue": {"task": "cola"}}, dataset={"name": "cola"})
+    rows, settings, _ = make_table.aggregate(make_table.load_runs(tmp_path / "glue"))
+    assert make_table.reproduction_table("cola", make_table.rows_by_task(rows)["cola"], settings).splitlines()[2] == (
+        "| PiSSA + adamw | 0.0001 | 40.00 ± 14.14 (2 seeds) | 0.5000 ± 0.0000 | 1 | – | "
+        "not quoted (the paper's table is T5-base) |")
+    lr_sweep(tmp_path / "lr", with_overrides=True)
+    rows, settings, _ = make_table.aggregate(make_table.load_runs(tmp_path / "lr"))
+    assert list(make_table.rows_by_task(rows)) == ["toy_math"]
+    table = make_table.reproduction_table("toy_math", make_table.rows_by_task(rows)["toy_math"], settings)
+    assert table.splitlines()[2:] == [
+        "| LoRA-One + adamw | 0.001 | – (no benchmark) | 2.5000 ± 0.7071 | 1 | – | not published |",
+        "| LoRA-One + adamw | 0.1 | – (no benchmark) | 7.0000 ± 2.8284 | 1 | – | not published |"]
+
+
+def test_paper_names_of_make_table_methods_are_the_paper_sweeps():
+    """make_table names each of paper.py's methods by init + optimizer; published.py by the paper's name."""
+    names = {"LoRA + adamw": "LoRA", "LoRA + loraplus": "LoRA+", "PiSSA + adamw": "PiSSA",
+             "LoRA-GA + adamw": "LoRA-GA", "LoRA-One + adamw": "LoRA-One",
+             "LoRA-One + scaled_adamw": "LoRA-One + scaled_adamw"}
+    assert {method: make_table.paper_name(method) for method in names} == names
+    assert set(names.values()) == set(PAPER_METHODS)
 
 
 def test_missing_directory_is_one_clear_error(tmp_path):

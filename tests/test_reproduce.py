@@ -12,7 +12,7 @@ from conftest import ROOT, compose_config
 
 from lora_one import ConfigError
 from lora_one.config import validate_config
-from lora_one.reproduce import paper, report
+from lora_one.reproduce import figures, paper, report
 from lora_one.reproduce.plan import FINAL, TUNE, Cell, Method, Study, Task, cell_count, cpu_study, final_cells, \
     slug, tuning_cells
 from lora_one.reproduce.published import published_cell, published_table
@@ -141,7 +141,7 @@ def test_a_second_run_of_a_cell_gives_the_same_numbers(tiny_run, tmp_path):
     seed_cell = final_cells(study, task, chosen)[0]
     assert run_cell(seed_cell, tmp_path, CountingRun()).endswith(" s")
     first, second = read_results(root, seed_cell), read_results(tmp_path, seed_cell)
-    for key in ("eval_loss_base", "eval_loss_after_init", "eval_loss", "train_loss_curve"):
+    for key in ("eval_loss_base", "eval_loss_after_init", "eval_loss", "eval_loss_curve", "train_loss_curve"):
         assert first[key] == second[key], key
     timing = "seconds"  # the evaluator's own wall time
     assert {k: v for k, v in first["eval"]["glue"].items() if k != timing} == \
@@ -167,7 +167,10 @@ def test_a_run_made_with_other_overrides_is_stale(tmp_path):
 
 ACCURACY = {"LoRA": (0.80, 0.82, 0.84), "LoRA-One": (0.90, 0.91, 0.92), "spectral init only": (0.50, 0.50, 0.50)}
 TUNING_LOSS = {("LoRA", 1e-3): 1.0, ("LoRA", 1e-2): 0.8, ("LoRA-One", 1e-3): 0.7, ("LoRA-One", 1e-2): 0.9}
-CURVES = {"LoRA": [3.0, 2.0, 1.0], "LoRA-One": [2.5, 1.0, 0.5], "spectral init only": []}
+STEPS = {"LoRA": 3, "LoRA-One": 3, "spectral init only": 0}
+# A seed run's held-out loss at steps 2 and 3 (measured every 2 of its 3 steps, and at the last), as an
+# offset from 0.5 + 0.1·seed: LoRA ends at 0.6, 0.7, 0.8; LoRA-One is at 0.5, 0.6, 0.7 at step 2.
+HELD_OUT = {"LoRA": (0.5, 0.0), "LoRA-One": (-0.1, -0.2)}
 
 
 def fake_results(cfg) -> dict:
@@ -176,10 +179,12 @@ def fake_results(cfg) -> dict:
         ("spectral init only" if cfg.model.max_steps == 0 else "LoRA-One")
     if method == "PiSSA":
         raise RuntimeError("a cell that fails")
-    tuning = not cfg.eval
-    return {"config": {}, "eval_loss_base": 2.0, "eval_loss_after_init": 1.5 if method != "LoRA" else 2.0,
-            "eval_loss": TUNING_LOSS[(method, cfg.model.learning_rate)] if tuning else 0.5 + 0.1 * cfg.seed,
-            "train_loss_curve": CURVES[method], "steps": len(CURVES[method]), "train_time_s": 2.0 * len(CURVES[method]),
+    tuning, after_init = not cfg.eval, 1.5 if method != "LoRA" else 2.0
+    midway, final = HELD_OUT.get(method, (0.0, 0.0))
+    eval_loss = TUNING_LOSS[(method, cfg.model.learning_rate)] if tuning else 0.5 + 0.1 * cfg.seed + final
+    curve = [[0, after_init]] + ([[2, eval_loss - final + midway], [3, eval_loss]] if STEPS[method] else [])
+    return {"config": {}, "eval_loss_base": 2.0, "eval_loss_after_init": after_init, "eval_loss": eval_loss,
+            "eval_loss_curve": curve, "steps": STEPS[method], "train_time_s": 2.0 * STEPS[method],
             "eval": {} if tuning else {"glue": {"accuracy": ACCURACY[method][cfg.seed - 1], "main_metric": "accuracy"}},
             "provenance": {"git": {"commit": "0123456789abcdef", "dirty": False}, "packages": {"torch": "2.0"},
                            "python": "3.11", "cpu": "a CPU", "torch_threads": 2, "hostname": "box",
@@ -221,6 +226,7 @@ def test_table_rows_match_hand_computed_statistics(fake_study):
     tuning = report.tuning_table(runs)
     assert "| LoRA | 1.0000 | **0.8000** |" in tuning and "| LoRA-One | **0.7000** | 0.9000 |" in tuning
     assert "| PiSSA | missing | missing |" in tuning
+    assert "grid's edge, so the best rate may lie beyond it: LoRA (highest), LoRA-One (lowest)." in tuning
 
 
 def test_verdicts_from_the_data(fake_study):
@@ -229,8 +235,9 @@ def test_verdicts_from_the_data(fake_study):
     assert report.verdict_init_alone(runs).startswith(
         "(a) init alone lowers held-out loss: **yes**: base 2.0000 → after the LoRA-One init, no step 1.5000 (-25.0 %), "
         "lower in 3 of 3 seeds.")
-    # LoRA ends at 1.0 after 3 steps; LoRA-One's curve 2.5, 1.0, 0.5 first reaches it at step 2
-    assert "**2 / 3 = 0.67×**" in report.verdict_speed(runs)
+    # LoRA's held-out loss ends at 0.7 (mean) after 3 steps; LoRA-One's mean is 1.5, 0.6, 0.5 at steps 0, 2, 3
+    assert "**2 / 3 = 0.67×** LoRA's steps" in report.verdict_speed(runs)
+    assert "measured every 2 steps" in report.verdict_speed(runs)
     # 95 % t intervals (t = 4.303, n = 3): LoRA-One 91 ± 2.48, LoRA 82 ± 4.97, spectral 50 ± 0: no overlap
     assert report.confidence_interval([90, 91, 92]) == pytest.approx((91 - 4.303 / math.sqrt(3), 91 + 4.303 / math.sqrt(3)))
     assert report.verdict_ranking(runs) == (
@@ -242,7 +249,61 @@ def test_verdicts_say_what_was_not_measured():
     empty = report.TaskRuns(Task("cola", (), "glue", (), "dev"), {}, [report.MethodRuns("LoRA", None, True, 3)])
     assert "**not measured**" in report.verdict_init_alone(empty)
     assert "**not measured**" in report.verdict_speed(empty) and "**not measured**" in report.verdict_ranking(empty)
-    assert report.steps_to_reach([3.0, 2.0], 1.0) is None
+    assert report.steps_to_reach([(0, 3.0), (4, 2.0)], 1.0) is None
+    # results written before run_exp recorded the held-out loss curve
+    no_curve = report.TaskRuns(Task("cola", (), "glue", (), "dev"), {}, [
+        report.MethodRuns(name, 1e-3, True, 1, runs=[{"eval_loss": 0.8, "steps": 16}]) for name in ("LoRA", "LoRA-One")])
+    assert "**not measured**" in report.verdict_speed(no_curve)
+    assert not figures.plot_losses(no_curve, Path("/nonexistent/loss.png"))
+
+
+# hand-made held-out loss curves ([step, loss] pairs, measured every 4 of 16 steps)
+LORA_CURVES = ([[0, 2.0], [4, 1.5], [8, 1.1], [12, 0.9], [16, 0.7]],
+               [[0, 2.2], [4, 1.7], [8, 1.3], [12, 1.1], [16, 0.9]])  # final 0.8, mean of the two seeds
+
+
+def speed_runs(*one_curves: list) -> report.TaskRuns:
+    """LoRA's two seeds above, LoRA-One's seeds the given curves, and one untrained spectral-init run."""
+    def method(name: str, curves, trains: bool = True) -> report.MethodRuns:
+        runs = [{"eval_loss": c[-1][1], "steps": c[-1][0], "eval_loss_curve": c} for c in curves]
+        return report.MethodRuns(name, 1e-3 if trains else None, trains, len(curves), runs=runs)
+
+    return report.TaskRuns(Task("sst2", (), "glue", (), "dev"), {}, [
+        method("LoRA", LORA_CURVES), method("LoRA-One", one_curves),
+        method("spectral init only", ([[0, 1.6]], [[0, 1.8]]), trains=False)])
+
+
+def test_speed_verdict_on_hand_made_held_out_curves():
+    # LoRA-One's mean: 1.1 at step 4, (0.78 + 0.80) / 2 = 0.79 ≤ 0.8 first at step 8
+    runs = speed_runs([[0, 1.5], [4, 1.0], [8, 0.78], [12, 0.7], [16, 0.6]],
+                      [[0, 1.7], [4, 1.2], [8, 0.80], [12, 0.75], [16, 0.7]])
+    assert report.verdict_speed(runs) == (
+        "(b) steps LoRA-One needs to reach LoRA's final held-out loss: **8 / 16 = 0.50×** LoRA's steps: LoRA's final "
+        "held-out loss is 0.8000 at step 16 (mean over 2 seeds); LoRA-One (its own chosen lr, mean over seeds) is at "
+        "0.7900 at step 8. The held-out loss is measured every 4 steps, so step 8 is an upper bound, within 4 steps.")
+    never = speed_runs([[0, 1.5], [4, 1.2], [8, 1.0], [12, 0.9], [16, 0.85]])
+    assert report.verdict_speed(never).endswith("**not reached** in 16 steps: LoRA's final held-out loss is 0.8000 at "
+                                                "step 16 (mean over 2 seeds); LoRA-One (its own chosen lr, mean over "
+                                                "seeds) ends at 0.8500.")
+    init_alone = speed_runs([[0, 0.75], [4, 0.7], [8, 0.6], [12, 0.5], [16, 0.4]])
+    assert report.verdict_speed(init_alone).endswith(
+        "**0 / 16 = 0.00×** LoRA's steps: LoRA's final held-out loss is 0.8000 at step 16 (mean over 2 seeds); LoRA-One "
+        "(its own chosen lr, mean over seeds) is at 0.7500 after the init alone, before any step.")
+
+
+def test_mean_curve_averages_each_step_over_the_seeds_that_reached_it():
+    cut_short = speed_runs([[0, 1.0], [4, 0.6], [8, 0.4]], [[0, 2.0], [4, 1.0], [8, 0.8], [12, 0.5], [16, 0.3]])
+    curve = report.mean_curve(cut_short.of("LoRA-One"))
+    assert [step for step, _ in curve] == [0, 4, 8, 12, 16]
+    # steps 0 to 8 average both seeds; 12 and 16 are the longer seed's alone
+    assert [loss for _, loss in curve] == pytest.approx([1.5, 0.8, 0.6, 0.5, 0.3])
+    assert report.steps_to_reach(curve, 0.7) == 8 and report.steps_to_reach(curve, 1.5) == 0
+
+
+def test_held_out_loss_figure_is_a_small_png(tmp_path):
+    path = tmp_path / "sst2_loss.png"
+    assert figures.plot_losses(speed_runs([[0, 1.5], [4, 1.0], [8, 0.78], [12, 0.7], [16, 0.6]]), path)
+    assert path.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and path.stat().st_size < 150_000
 
 
 def test_reproduction_markdown_and_small_figures(fake_study, tmp_path):

@@ -1,6 +1,6 @@
-"""The study's figures, per task: the learning-rate grid (held-out loss per rate), the loss per step
-of each method (mean ± std over seeds) and a bar chart of the benchmark metric (mean ± std). Small
-PNGs (100 dpi) for the repository."""
+"""The study's figures, per task: the learning-rate grid (held-out loss per rate), the held-out loss
+per evaluated step of each method (mean ± std over seeds) and a bar chart of the benchmark metric
+(mean ± std). Small PNGs (100 dpi) for the repository."""
 from pathlib import Path
 
 import matplotlib
@@ -8,7 +8,7 @@ import matplotlib
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 
-from lora_one.reproduce.report import TaskRuns, mean_std, metric_label, scores  # noqa: E402
+from lora_one.reproduce.report import TaskRuns, held_out_by_step, mean_std, metric_label, scores  # noqa: E402
 
 DPI = 100
 
@@ -22,40 +22,28 @@ def save_with_legend(fig, ax, path: Path) -> None:
     plt.close(fig)
 
 
-def curve_stats(curves: list[list[float]]) -> tuple[list[float], list[float]]:
-    """Per step, mean and std over seeds (cut to the shortest curve)."""
-    steps = min(len(c) for c in curves)
-    stats = [mean_std([c[i] for c in curves]) for i in range(steps)]
-    return [m for m, _ in stats], [s for _, s in stats]
-
-
 def plot_losses(runs: TaskRuns, path: Path) -> bool:
-    """Training loss per step (line, ± std band) and the held-out loss after the init (step 0) and at
-    the end (markers with ± std bars): run_exp measures the held-out loss only at those two points."""
-    trained = [m for m in runs.methods if m.runs]
-    if not trained:
+    """Held-out loss per evaluated optimizer step (`eval_loss_curve`), per method: the mean over seeds
+    as a line with a ± std band; a method measured at step 0 only (the spectral init, untrained) as a
+    marker with a ± std bar."""
+    curves = [(method, held_out_by_step(method)) for method in runs.methods]
+    curves = [(method, points) for method, points in curves if points]
+    if not curves:
         return False
     fig, ax = plt.subplots(figsize=(6.4, 4), dpi=DPI)
-    for method in trained:
-        color = None
-        curves = [r["train_loss_curve"] for r in method.runs if r.get("train_loss_curve")]
-        if curves:
-            mean, std = curve_stats(curves)
-            x = range(1, len(mean) + 1)
-            (line,) = ax.plot(x, mean, label=f"{method.method} (n={len(curves)})")
-            color = line.get_color()
-            ax.fill_between(x, [m - s for m, s in zip(mean, std)], [m + s for m, s in zip(mean, std)], color=color,
-                            alpha=0.15)
-        held_out = [(0, [r["eval_loss_after_init"] for r in method.runs])]
-        if curves:
-            held_out.append((len(mean), [r["eval_loss"] for r in method.runs]))
-        for step, values in held_out:
-            m, s = mean_std(values)
-            points = ax.errorbar([step], [m], yerr=[s], fmt="o", color=color, capsize=3,
-                                 label=None if curves else f"{method.method} (held-out, n={len(values)})")
-            color = points.lines[0].get_color()
-    ax.set(title=f"{runs.task.name}: training loss per step (lines) and held-out loss (dots), mean ± std",
-           xlabel="optimizer step (0: after the init)", ylabel="loss")
+    for method, points in curves:
+        steps = [step for step, _ in points]
+        stats = [mean_std(losses) for _, losses in points]
+        mean, std = [m for m, _ in stats], [s for _, s in stats]
+        label = f"{method.method} (n={len(points[0][1])})"  # every seed's curve starts at step 0
+        if len(points) == 1:
+            ax.errorbar(steps, mean, yerr=std, fmt="o", capsize=3, label=label)
+            continue
+        (line,) = ax.plot(steps, mean, marker=".", label=label)
+        ax.fill_between(steps, [m - s for m, s in zip(mean, std)], [m + s for m, s in zip(mean, std)],
+                        color=line.get_color(), alpha=0.15)
+    ax.set(title=f"{runs.task.name}: held-out loss per evaluated step, mean ± std over seeds",
+           xlabel="optimizer step (0: after the init)", ylabel="held-out loss")
     save_with_legend(fig, ax, path)
     return True
 

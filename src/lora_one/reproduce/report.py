@@ -148,7 +148,16 @@ def tuning_table(runs: TaskRuns) -> str:
             text = "missing" if loss is None else f"{loss:.4f}"
             cells.append(f"**{text}**" if rate == chosen and loss is not None else text)
         lines.append(f"| {method} | " + " | ".join(cells) + " |")
-    return "\n".join(lines) + "\n"
+    return "\n".join(lines) + "\n" + grid_edge_note(runs, rates)
+
+
+def grid_edge_note(runs: TaskRuns, rates: list[float]) -> str:
+    """Methods whose chosen rate is the grid's lowest or highest: their best rate may lie outside it."""
+    edges = {rates[0]: "lowest", rates[-1]: "highest"} if len(rates) > 1 else {}
+    at_edge = [f"{m.method} ({edges[m.learning_rate]})" for m in runs.methods if m.learning_rate in edges]
+    if not at_edge:
+        return ""
+    return (f"\nChosen at the grid's edge, so the best rate may lie beyond it: {', '.join(at_edge)}.\n")
 
 
 def verdict_init_alone(runs: TaskRuns) -> str:
@@ -165,37 +174,50 @@ def verdict_init_alone(runs: TaskRuns) -> str:
             f"LoRA-One init, no step {statistics.fmean(init):.4f} ({change:+.1f} %), lower in {lower} of {len(base)} seeds.")
 
 
-def mean_curve(method: MethodRuns) -> list[float]:
-    """The per-step mean training loss over seeds, cut to the shortest seed's curve."""
-    curves = [r["train_loss_curve"] for r in method.runs if r.get("train_loss_curve")]
-    if not curves:
-        return []
-    steps = min(len(c) for c in curves)
-    return [statistics.fmean(c[i] for c in curves) for i in range(steps)]
+def held_out_by_step(method: MethodRuns) -> list[tuple[int, list[float]]]:
+    """(step, the seeds' held-out losses at it) for every step some seed's `eval_loss_curve` evaluated,
+    in step order: a seed cut short adds nothing beyond its last step."""
+    by_step: dict[int, list[float]] = {}
+    for results in method.runs:
+        for step, loss in results.get("eval_loss_curve", []):
+            by_step.setdefault(step, []).append(loss)
+    return sorted(by_step.items())
 
 
-def steps_to_reach(curve: list[float], target: float) -> int | None:
-    """The first step (1-based) whose loss is at most `target`; None if never."""
-    return next((step for step, loss in enumerate(curve, 1) if loss <= target), None)
+def mean_curve(method: MethodRuns) -> list[tuple[int, float]]:
+    """(step, mean held-out loss over the seeds that evaluated that step), in step order."""
+    return [(step, statistics.fmean(losses)) for step, losses in held_out_by_step(method)]
+
+
+def steps_to_reach(curve: list[tuple[int, float]], target: float) -> int | None:
+    """The first evaluated step whose loss is at most `target` (0: the init alone); None if never."""
+    return next((step for step, loss in curve if loss <= target), None)
 
 
 def verdict_speed(runs: TaskRuns) -> str:
-    """(b) steps LoRA-One needs to reach LoRA's final loss, over LoRA's step count. run_exp records the
-    held-out loss only after the init and at the end, so this compares training-loss curves (mean over
-    seeds; the two methods see the same batches at each seed)."""
+    """(b) steps LoRA-One needs to reach LoRA's final held-out loss, over LoRA's step count. Both sides
+    are held-out losses, means over seeds: the target is LoRA's final one, LoRA-One's curve is measured
+    every `eval_loss_every` steps, so the step found is an upper bound: the crossing lies after the
+    evaluated step before it."""
+    claim = "(b) steps LoRA-One needs to reach LoRA's final held-out loss"
     lora, one = runs.of(LORA), runs.of(LORA_ONE)
-    lora_curve, one_curve = (mean_curve(lora), mean_curve(one)) if lora and one else ([], [])
-    if not lora_curve or not one_curve:
-        return "(b) steps LoRA-One needs to reach LoRA's final loss: **not measured** (LoRA or LoRA-One runs missing)."
-    target, total = lora_curve[-1], len(lora_curve)
+    one_curve = mean_curve(one) if one else []
+    if lora is None or not one_curve:
+        return f"{claim}: **not measured** (LoRA or LoRA-One runs, or their held-out loss curves, missing)."
+    target, total = statistics.fmean(r["eval_loss"] for r in lora.runs), max(r["steps"] for r in lora.runs)
+    measured = (f"LoRA's final held-out loss is {target:.4f} at step {total} (mean over {len(lora.runs)} seeds); "
+                f"LoRA-One (its own chosen lr, mean over seeds) ")
     step = steps_to_reach(one_curve, target)
-    measured = (f"LoRA's final training loss is {target:.4f} at step {total}; LoRA-One (its own chosen lr) ")
     if step is None:
-        return (f"(b) steps LoRA-One needs to reach LoRA's final loss: **not reached** in {len(one_curve)} steps: "
-                f"{measured}ends at {one_curve[-1]:.4f}. (Training loss, mean over seeds: run_exp records no per-step held-out loss.)")
-    return (f"(b) steps LoRA-One needs to reach LoRA's final loss: **{step} / {total} = {step / total:.2f}×** "
-            f"LoRA's steps: {measured}reaches it at step {step}. (Training loss, mean over seeds: run_exp records "
-            f"no per-step held-out loss.)")
+        last_step, last_loss = one_curve[-1]
+        return f"{claim}: **not reached** in {last_step} steps: {measured}ends at {last_loss:.4f}."
+    ratio = f"**{step} / {total} = {step / total:.2f}×** LoRA's steps"
+    loss = dict(one_curve)[step]
+    if step == 0:
+        return f"{claim}: {ratio}: {measured}is at {loss:.4f} after the init alone, before any step."
+    every = max(b - a for (a, _), (b, _) in zip(one_curve, one_curve[1:]))
+    return (f"{claim}: {ratio}: {measured}is at {loss:.4f} at step {step}. The held-out loss is measured every "
+            f"{every} steps, so step {step} is an upper bound, within {every} steps.")
 
 
 def verdict_ranking(runs: TaskRuns) -> str:
@@ -255,8 +277,9 @@ def status_lines(study: Study, tasks: list[TaskRuns]) -> list[str]:
     left = planned_tuning - finished_tuning + planned_final - finished_final
     if finished and left:
         hours = left * statistics.fmean(wall_seconds(r) for r in finished) / 3600
-        lines.append(f"- the {left} unfinished cells need about {hours:.1f} h more at this machine's pace "
-                     f"(the mean wall time of a finished run × cells left); resume with `python scripts/reproduce.py cpu`")
+        lines.append(f"- the {left} unfinished cells need about {hours:.1f} h more at this machine's pace in one "
+                     f"worker (the mean wall time of a finished run × cells left; N workers divide it by up to N); "
+                     f"resume with `python scripts/reproduce.py cpu --workers 2`")
     return lines
 
 
