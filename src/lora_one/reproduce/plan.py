@@ -3,7 +3,7 @@ chosen rate). A cell is one run: its Hydra overrides and its run directory, so t
 what exists on disk and a finished cell is recognised by its results.json.
 
 Sizing (`cpu_study`, in `Study.sizing` for REPRODUCTION.md): SmolLM2-135M, LoRA r=8 on q_proj and
-v_proj, batch 4, max_length 64 (MRPC and GSM8K 128), 16 optimizer steps (GSM8K 12: its rows are 4×
+v_proj, batch 4, max_length 64 (MRPC and GSM8K 128), 16 optimizer steps (GSM8K 8: its rows are 4×
 longer), the one-step gradient from 4 examples with a randomized SVD (q=24, 4 power iterations; PiSSA
 the same through PEFT's `pissa_niter_4`). Tuning runs score nothing but the held-out loss of rows
 kept out of train.tsv / train.jsonl (`dataset.eval_size`), so the learning rate is never chosen on
@@ -11,9 +11,9 @@ dev or test; the seed runs also measure that loss every `curve_every` steps (the
 score a fixed dev (GLUE) or test (GSM8K) subset.
 
 Why this size: one core runs a SmolLM2 forward at ≈40 GFLOP/s, so a held-out pass over 16 short GLUE
-rows takes ≈3 s, a training step ≈2 s and scoring one dev row (both label words) ≈0.4 s; with two
-single-threaded workers the 132 cells fit the 90-minute budget only with these subsets (a full GLUE
-dev pass, 2 323 rows over three tasks, would alone take ≈15 min per method and seed)."""
+rows takes ≈3 s, a training step ≈2-3 s and scoring one dev row (both label words) ≈0.4 s; with two
+single-threaded workers the 132 cells come near the 90-minute budget only with these subsets (a full
+GLUE dev pass, 2 323 rows over three tasks, would alone take ≈15 min per method and seed)."""
 from dataclasses import dataclass, field
 
 TUNE, FINAL = "tune", "final"
@@ -136,9 +136,10 @@ def study_methods() -> tuple[Method, ...]:
 
 def cpu_study() -> Study:
     """The study `python scripts/reproduce.py cpu` runs (sizing in the module docstring)."""
-    steps, gsm8k_steps, batch, train_rows, held_out, dev_rows, test_rows, curve_every = 16, 12, 4, 512, 16, 128, 10, 4
+    steps, gsm8k_steps, batch, train_rows, held_out, gsm8k_held_out, dev_rows, test_rows, curve_every = \
+        16, 8, 4, 512, 16, 8, 96, 10, 4
     gsm8k = Task("gsm8k", ("dataset=gsm8k", "dataset.path=${paths.data_dir}/gsm8k/train.jsonl",
-                           f"dataset.max_train_samples={train_rows}", f"dataset.eval_size={held_out}",
+                           f"dataset.max_train_samples={train_rows}", f"dataset.eval_size={gsm8k_held_out}",
                            "model.max_length=128", f"model.max_steps={gsm8k_steps}"),
                  "gsm8k", ("eval=gsm8k", f"eval.gsm8k.limit={test_rows}", "eval.gsm8k.max_new_tokens=96"),
                  f"test, the first {test_rows} questions")
@@ -151,7 +152,7 @@ def cpu_study() -> Study:
                glue_task("mrpc", "MRPC", 128, dev_rows, train_rows, held_out, steps),
                gsm8k),
         methods=study_methods(),
-        learning_rates=(1e-4, 5e-4, 2.5e-3),
+        learning_rates=(5e-4, 2.5e-3, 1e-2),
         seeds=(1, 2, 3),
         tuning_seed=0,
         curve_every=curve_every,
@@ -162,14 +163,16 @@ def cpu_study() -> Study:
                 "lengths": "max_length 64 (SST-2, CoLA), 128 (MRPC, GSM8K)",
                 "gradient init": "G from 4 examples, randomized SVD (q=24, 4 power iterations); "
                                  "PiSSA: PEFT's pissa_niter_4",
-                "learning-rate grid": "1e-4, 5e-4, 2.5e-3 for every trained method, at seed 0",
-                "selection": f"lowest held-out loss on {held_out} rows kept out of the training file "
+                "learning-rate grid": "5e-4, 2.5e-3, 1e-2 for every trained method, at seed 0 (a first "
+                                      "grid 1e-4, 5e-4, 2.5e-3 put every method on SST-2 at its top: 16 steps "
+                                      "want large rates)",
+                "selection": f"lowest held-out loss on {held_out} rows (GSM8K {gsm8k_held_out}) kept out of the training file "
                              "(dataset.eval_size; never dev or test)",
                 "loss curves": f"seed runs: that held-out loss after the init and every {curve_every} steps",
-                "time budget": "one core: ≈3 s per held-out pass, ≈2 s per training step (GLUE; GSM8K ≈5 s), "
-                               "≈0.4 s per scored dev row; the 132 cells in two single-threaded workers "
-                               "(`--workers 2`) fit ≈90 min only at these sizes; the full GLUE dev sets "
-                               "(2 323 rows) would add ≈15 min per method and seed",
+                "time budget": "one core: ≈3 s per held-out pass, ≈3 s per training step (GLUE; GSM8K ≈5 s), "
+                               "≈0.45 s per scored dev row, with two single-threaded workers side by side "
+                               "(`--workers 2`); the 132 cells come near 90 min only at these sizes; the full "
+                               "GLUE dev sets (2 323 rows) would add ≈15 min per method and seed",
                 "seeds": "1, 2, 3 at the chosen rate",
                 "benchmarks": f"GLUE dev: a fixed sample of {dev_rows} rows (seed 0) per task; "
                               f"GSM8K test: the first {test_rows} questions, greedy, ≤ 96 new tokens"})
