@@ -162,6 +162,7 @@ def test_cli_refuses_a_bad_setting_before_any_work(tmp_path, override, message):
     ("checkpoint.every_n_steps=-1", "checkpoint.every_n_steps must be ≥ 0 (got -1)"),
     ("checkpoint.keep=0", "checkpoint.keep must be ≥ 1 (got 0)"),
     ("log_every=-1", "log_every must be ≥ 0 (got -1): 0 logs no training-loss lines"),
+    ("eval_loss_every=-2", "eval_loss_every must be ≥ 0 (got -2): 0 measures the held-out loss after the init and at the end only"),
     ("optim=scaled_adamw optim.prec_reg=tiny", "optim.prec_reg must be a number (got 'tiny')"),
     ("init.stable_gamma=big", "init.stable_gamma must be a number or auto (got 'big')"),
 ])
