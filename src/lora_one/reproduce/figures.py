@@ -13,13 +13,17 @@ from lora_one.reproduce.report import TaskRuns, held_out_by_step, mean_std, metr
 DPI = 100
 
 
+def save(fig, path: Path) -> None:
+    fig.tight_layout()
+    fig.savefig(path)
+    plt.close(fig)
+
+
 def save_with_legend(fig, ax, path: Path) -> None:
     ax.title.set_fontsize(9)
     ax.grid(alpha=0.3)
     ax.legend(fontsize=7)
-    fig.tight_layout()
-    fig.savefig(path)
-    plt.close(fig)
+    save(fig, path)
 
 
 def plot_losses(runs: TaskRuns, path: Path) -> bool:
@@ -58,9 +62,7 @@ def plot_bars(runs: TaskRuns, path: Path) -> bool:
     ax.set_xticks(range(len(finished)), [f"{m.method}\n(n={len(m.runs)})" for m in finished], fontsize=7)
     ax.set(title=f"{runs.task.name}: {metric_label(runs)}, mean ± std over seeds", ylabel=metric_label(runs))
     ax.grid(axis="y", alpha=0.3)
-    fig.tight_layout()
-    fig.savefig(path)
-    plt.close(fig)
+    save(fig, path)
     return True
 
 
