@@ -1,6 +1,8 @@
-"""scripts/reproduce.py: the CPU study's plan, resume, learning-rate selection on held-out training
-rows (never dev), determinism of a cell, REPRODUCTION.md from known (fake) results against values
-computed by hand, the published numbers as the issue quotes them, and the paper-scale commands."""
+"""scripts/reproduce.py: the CPU study's plan (grids that extend past an edge, selection over tuning
+seeds on held-out training rows, never dev), records that resume a study and regenerate its report,
+determinism of a cell both in this process and in a worker, REPRODUCTION.md from known (fake) records
+against statistics computed by hand, the published numbers as the issue quotes them, and the
+paper-scale commands."""
 import json
 import math
 import subprocess
@@ -12,17 +14,20 @@ from conftest import ROOT, compose_config
 
 from lora_one import ConfigError
 from lora_one.config import validate_config
-from lora_one.reproduce import figures, paper, report
-from lora_one.reproduce.plan import FINAL, TUNE, Cell, Method, Study, Task, cell_count, cpu_study, final_cells, \
-    slug, tuning_cells
+from lora_one.reproduce import figures, paper, report, stats, verify
+from lora_one.reproduce.plan import FINAL, TUNE, Cell, Method, Study, Task, cell_count, cpu_study, extended_grid, \
+    final_cells, slug, tuning_cells
 from lora_one.reproduce.published import published_cell, published_table
-from lora_one.reproduce.runner import Progress, choose_learning_rates, read_results, run_cell, run_study
+from lora_one.reproduce.records import CodeState, code_state, dumps, read_record
+from lora_one.reproduce.runner import Progress, Store, choose_learning_rates, run_in_pool, run_study, tuning_plan, \
+    worker_pool
 
 SPECTRAL = Method("spectral init only", ("init=gradient", "init.direction=LoRA-One", "model.max_steps=0"),
                   trains=False, gradient_init=True)
+CODE = CodeState("feedfacecafebeef", "0123456789abcdef0123", False)
 
 
-def tiny_study(data: Path, methods: tuple[Method, ...], seeds=(1, 2)) -> Study:
+def tiny_study(data: Path, methods: tuple[Method, ...], seeds=(1, 2), tuning_seeds=(0,)) -> Study:
     """tiny_llama, 2 steps, SST-2 from ../shared/data: every stage of the real study in seconds."""
     task = Task("sst2", ("dataset=sst2", f"dataset.path={data / 'glue' / 'SST-2'}", "dataset.max_train_samples=32",
                          "dataset.eval_size=8", "model.max_length=32"),
@@ -30,7 +35,7 @@ def tiny_study(data: Path, methods: tuple[Method, ...], seeds=(1, 2)) -> Study:
     return Study(common=("model=tiny_llama", "model.max_steps=2", "model.per_device_batch_size=2",
                          "model.real_batch_size=2", "wandb.mode=disabled", "checkpoint.every_n_steps=0"),
                  gradient_init=("init.bsz=2", "init.iters=1"), tasks=(task,), methods=methods,
-                 learning_rates=(1e-3, 1e-2), seeds=seeds, tuning_seed=0)
+                 learning_rates=(1e-3, 1e-2), seeds=seeds, tuning_seeds=tuning_seeds, curve_every=1)
 
 
 class CountingRun:
@@ -46,29 +51,33 @@ class CountingRun:
         return run_exp.run(cfg, out_dir)
 
 
-@pytest.fixture(scope="module")
-def tiny_run(tmp_path_factory):
+def data_dir() -> Path:
     data = ROOT.parent / "shared" / "data"
     if not data.exists():
         pytest.skip("../shared/data is not present")
-    study = tiny_study(data, (Method("LoRA", ("init=default",)), SPECTRAL))
+    return data
+
+
+@pytest.fixture(scope="module")
+def tiny_run(tmp_path_factory):
+    study = tiny_study(data_dir(), (Method("LoRA", ("init=default",)), SPECTRAL))
     root = tmp_path_factory.mktemp("study")
+    store = Store(root / "runs", root / "cells", CODE)
     runs, lines = CountingRun(), []
-    run_study(study, root, runs, Progress(cell_count(study), lines.append))
-    return study, root, runs, lines
+    run_study(study, store, runs, Progress(cell_count(study), lines.append))
+    return study, store, runs, lines
 
 
 # --- the plan
 
 def test_cpu_study_plan_covers_every_task_method_rate_and_seed():
     study = cpu_study()
-    assert [t.name for t in study.tasks] == ["sst2", "cola", "mrpc", "gsm8k"]
-    assert [m.name for m in study.methods] == ["LoRA", "LoRA-GA", "PiSSA", "LoRA-One", "LoRA-One + scaled_adamw",
-                                               "spectral init only"]
-    assert len(study.learning_rates) >= 3 and len(study.seeds) >= 3
-    chosen = {m.name: 5e-4 for m in study.methods}
+    assert len(study.seeds) >= 5 and len(study.tuning_seeds) >= 2 and study.grid_extensions >= 1 and study.threads == 1
+    names = [m.name for m in study.methods]
+    assert {"LoRA", "LoRA-GA", "PiSSA", "LoRA-One", "LoRA-One + scaled_adamw", "spectral init only"} <= set(names)
+    chosen = {m.name: study.first_grid(m)[0] for m in study.methods}
     cells = [c for t in study.tasks for c in tuning_cells(study, t) + final_cells(study, t, chosen)]
-    assert len(cells) == cell_count(study) == 4 * (5 * 3 + 6 * 3)
+    assert len(cells) == cell_count(study)
     assert len({c.path for c in cells}) == len(cells)  # one directory per cell
     spectral = [c for c in cells if c.method == "spectral init only"]
     assert spectral and all(c.stage == FINAL and c.learning_rate is None and "model.max_steps=0" in c.overrides
@@ -81,19 +90,56 @@ def test_method_directories_never_collide():
     assert slug("LoRA+") != slug("LoRA") and slug("LoRA-One + scaled_adamw") == "LoRA-One_plus_scaled_adamw"
 
 
-# --- learning-rate selection: held-out training rows, never dev or test
+# --- learning-rate selection: held-out training rows, mean over tuning seeds, never dev or test
 
-def cell(method: str, rate: float) -> Cell:
-    return Cell("sst2", method, TUNE, rate, 0, ())
+def test_an_edge_rate_extends_the_grid_by_its_own_step():
+    assert extended_grid((1e-3, 4e-3, 1.6e-2), 1.6e-2, 1) == (1e-3, 4e-3, 1.6e-2, 6.4e-2)
+    assert extended_grid((1e-3, 4e-3, 1.6e-2), 1e-3, 1) == (2.5e-4, 1e-3, 4e-3, 1.6e-2)
+    assert extended_grid((1e-3, 4e-3, 1.6e-2), 4e-3, 1) == (1e-3, 4e-3, 1.6e-2)  # interior
+    assert extended_grid((1e-3, 4e-3, 1.6e-2), 1.6e-2, 0) == (1e-3, 4e-3, 1.6e-2)  # no extension left
 
 
-def test_selection_takes_the_lowest_held_out_loss_and_ignores_any_dev_score():
-    tuning = [(cell("LoRA", 1e-4), {"eval_loss": 0.9, "eval": {"sst2": {"accuracy": 0.99}}}),
-              (cell("LoRA", 5e-4), {"eval_loss": 0.5, "eval": {"sst2": {"accuracy": 0.10}}}),
-              (cell("LoRA", 2.5e-3), {"eval_loss": math.nan, "eval": {}}),  # diverged: last
-              (cell("PiSSA", 1e-4), {"eval_loss": math.inf}), (cell("PiSSA", 5e-4), {"eval_loss": 2.0}),
-              (cell("LoRA-GA", 1e-4), None)]  # no tuning run finished
-    assert choose_learning_rates(tuning) == {"LoRA": 5e-4, "PiSSA": 5e-4, "LoRA-GA": None}
+def grid_study(extensions: int) -> Study:
+    return Study(common=(), gradient_init=(), tasks=(Task("sst2", (), "glue", (), "dev"),),
+                 methods=(Method("LoRA", ("init=default",)), Method("PiSSA", ("init=pissa",), learning_rates=(1e-4, 1e-3))),
+                 learning_rates=(1e-3, 1e-2), seeds=(1,), tuning_seeds=(0, 1), grid_extensions=extensions)
+
+
+def loss_records(losses: dict) -> callable:
+    """A cell → a record with the held-out loss `losses[(method, rate, seed)]` (absent: not finished),
+    and a dev score that must never matter."""
+    def record_of(cell: Cell):
+        loss = losses.get((cell.method, cell.learning_rate, cell.seed))
+        return None if loss is None else {"eval_loss": loss, "eval": {"glue": {"accuracy": 1 / (1 + loss)}}}
+    return record_of
+
+
+def test_selection_is_the_lowest_mean_held_out_loss_over_the_tuning_seeds_and_extends_past_an_edge():
+    study = grid_study(extensions=2)
+    task = study.tasks[0]
+    # LoRA: means 0.9 (1e-3), 0.5 (1e-2): the top edge adds 1e-1 (mean 0.7): 1e-2 is interior, chosen.
+    # PiSSA: seed means 0.4 (1e-4; its own grid), nan at 1e-3 ranks last: the bottom edge adds 1e-5 (0.6): 1e-4.
+    losses = {("LoRA", 1e-3, 0): 1.0, ("LoRA", 1e-3, 1): 0.8, ("LoRA", 1e-2, 0): 0.4, ("LoRA", 1e-2, 1): 0.6,
+              ("PiSSA", 1e-4, 0): 0.3, ("PiSSA", 1e-4, 1): 0.5, ("PiSSA", 1e-3, 0): math.nan, ("PiSSA", 1e-3, 1): 0.1}
+    grids, pending = tuning_plan(study, task, loss_records(losses))
+    assert grids == {"LoRA": (1e-3, 1e-2, 0.1), "PiSSA": (1e-5, 1e-4, 1e-3)}
+    assert sorted((c.method, c.learning_rate, c.seed) for c in pending) == [
+        ("LoRA", 0.1, 0), ("LoRA", 0.1, 1), ("PiSSA", 1e-5, 0), ("PiSSA", 1e-5, 1)]
+    assert choose_learning_rates(study, task, loss_records(losses), grids) == {"LoRA": None, "PiSSA": None}
+    losses.update({("LoRA", 0.1, 0): 0.7, ("LoRA", 0.1, 1): 0.7, ("PiSSA", 1e-5, 0): 0.6, ("PiSSA", 1e-5, 1): 0.6})
+    grids, pending = tuning_plan(study, task, loss_records(losses))
+    assert pending == [] and grids == {"LoRA": (1e-3, 1e-2, 0.1), "PiSSA": (1e-5, 1e-4, 1e-3)}
+    assert choose_learning_rates(study, task, loss_records(losses), grids) == {"LoRA": 1e-2, "PiSSA": 1e-4}
+
+
+def test_a_grid_stops_extending_after_its_budget():
+    study = grid_study(extensions=1)
+    # LoRA keeps improving towards larger rates: one extension (1e-1), then it stays at the edge
+    losses = {("LoRA", r, s): 1 / r for r in (1e-3, 1e-2, 0.1) for s in (0, 1)}
+    losses.update({("PiSSA", r, s): r for r in (1e-4, 1e-3) for s in (0, 1)} | {("PiSSA", 1e-5, s): 1.0 for s in (0, 1)})
+    grids, pending = tuning_plan(study, study.tasks[0], loss_records(losses))
+    assert pending == [] and grids["LoRA"] == (1e-3, 1e-2, 0.1)
+    assert choose_learning_rates(study, study.tasks[0], loss_records(losses), grids)["LoRA"] == 0.1
 
 
 def test_tuning_cells_score_no_benchmark():
@@ -105,221 +151,231 @@ def test_tuning_cells_score_no_benchmark():
 
 
 def test_tuning_runs_wrote_no_dev_score_and_seed_runs_score_dev(tiny_run):
-    study, root, _, _ = tiny_run
+    study, store, _, _ = tiny_run
     task = study.tasks[0]
-    for tuning in tuning_cells(study, task):
-        assert read_results(root, tuning)["eval"] == {}
-    chosen = choose_learning_rates([(c, read_results(root, c)) for c in tuning_cells(study, task)])
-    for seed_cell in final_cells(study, task, chosen):
-        metrics = read_results(root, seed_cell)["eval"]["glue"]
-        assert metrics["split"] == "dev" and metrics["n"] == 8
+    grids, pending = tuning_plan(study, task, store.record)
+    assert pending == []
+    for tuning in tuning_cells(study, task, grids):
+        assert store.record(tuning)["eval"] == {}
+    for seed_cell in final_cells(study, task, choose_learning_rates(study, task, store.record, grids)):
+        metrics = store.record(seed_cell)["eval"]["glue"]
+        assert metrics["split"] == "dev" and metrics["n"] == 8 and sum(metrics["gold_counts"].values()) == 8
 
 
-# --- resume and determinism (real runs on tiny_llama)
+# --- records: resume, code state, determinism (real runs on tiny_llama)
 
 def test_a_finished_cell_is_never_run_again(tiny_run):
-    study, root, runs, lines = tiny_run
-    assert len(runs.cells) == 2 + 2 * 2  # 2 tuning rates, then 2 methods × 2 seeds
-    assert lines[0].startswith("[1/6] sst2 tune LoRA lr=0.001 seed=0: ") and lines[-1].startswith("[6/6] ")
+    study, store, runs, lines = tiny_run
+    tuning = len(runs.cells) - 2 * 2  # 2 methods × 2 seeds, after the grid (extended while LoRA chose an edge)
+    assert tuning >= 2 and lines[0].startswith("[1/") and "sst2 tune LoRA lr=0.001 seed=0: " in lines[0]
     again, lines_again = CountingRun(), []
-    run_study(study, root, again, Progress(cell_count(study), lines_again.append))
-    assert again.cells == [] and sum(line.endswith(": done before") for line in lines_again) == 6
-    # a lost result (a crash before results.json) is run again, and only it
-    task = study.tasks[0]
-    chosen = choose_learning_rates([(c, read_results(root, c)) for c in tuning_cells(study, task)])
-    lost = final_cells(study, task, chosen)[0]
-    (root / lost.path / "results.json").unlink()
+    run_study(study, store, again, Progress(cell_count(study), lines_again.append))
+    assert again.cells == [] and sum(line.endswith(": done before") for line in lines_again) == len(runs.cells)
+    # a lost record (a crash before it was written) is run again, and only it; another code state's too
+    grids, _ = tuning_plan(study, study.tasks[0], store.record)
+    lost = final_cells(study, study.tasks[0], choose_learning_rates(study, study.tasks[0], store.record, grids))[0]
+    (store.records / f"{lost.path}.json").unlink()
     once_more = CountingRun()
-    run_study(study, root, once_more, Progress(cell_count(study), lambda line: None))
+    run_study(study, store, once_more, Progress(cell_count(study), lambda line: None))
     assert len(once_more.cells) == 1
+    assert read_record(store.records, lost, CODE.digest) is not None and read_record(store.records, lost, "other") is None
 
 
-def test_a_second_run_of_a_cell_gives_the_same_numbers(tiny_run, tmp_path):
-    study, root, _, _ = tiny_run
-    task = study.tasks[0]
-    chosen = choose_learning_rates([(c, read_results(root, c)) for c in tuning_cells(study, task)])
-    seed_cell = final_cells(study, task, chosen)[0]
-    assert run_cell(seed_cell, tmp_path, CountingRun()).endswith(" s")
-    first, second = read_results(root, seed_cell), read_results(tmp_path, seed_cell)
-    for key in ("eval_loss_base", "eval_loss_after_init", "eval_loss", "eval_loss_curve", "train_loss_curve"):
-        assert first[key] == second[key], key
-    timing = "seconds"  # the evaluator's own wall time
-    assert {k: v for k, v in first["eval"]["glue"].items() if k != timing} == \
-        {k: v for k, v in second["eval"]["glue"].items() if k != timing}
+def test_records_hold_what_the_report_needs_and_no_weights(tiny_run):
+    study, store, _, _ = tiny_run
+    files = sorted(store.records.rglob("*.json"))
+    assert files and all(f.stat().st_size < 20_000 for f in files)
+    record = json.loads(files[-1].read_text())
+    assert record["code"] == CODE.as_dict() and record["overrides"][-1].startswith("seed=")
+    assert {"eval_loss", "eval_loss_curve", "train_loss_curve", "config_digest", "provenance", "eval"} <= set(record)
+    assert "config" not in record and dumps(record) == files[-1].read_text()  # stable bytes
 
 
-def test_a_run_made_with_other_overrides_is_stale(tmp_path):
-    old = Cell("sst2", "LoRA", TUNE, 1e-3, 0, ("model=tiny_llama", "model.max_steps=2"))
-    new = Cell("sst2", "LoRA", TUNE, 1e-3, 0, ("model=tiny_llama", "model.max_steps=3"))
-    written = []
+def test_a_cell_re_run_in_this_process_and_in_a_worker_is_identical_in_every_number(tiny_run, tmp_path):
+    """The study's two paths (one process; spawned workers) and verify's re-run compute the same bits."""
+    study, store, _, _ = tiny_run
+    grids, _ = tuning_plan(study, study.tasks[0], store.record)
+    seed_cell = final_cells(study, study.tasks[0], choose_learning_rates(study, study.tasks[0], store.record, grids))[0]
+    lines = []
+    assert verify.compare(seed_cell, store.record(seed_cell), study, tmp_path / "here", CountingRun(), lines.append), \
+        "\n".join(line for line in lines if "identical" not in line)
+    assert lines[-1].startswith(f"{seed_cell.name}: identical in every number")
+    assert any(line.startswith("  eval.glue.accuracy: ") for line in lines)
+    import run_exp
 
-    def fake_run(cfg, out_dir):
-        written.append(cfg.model.max_steps)
-        Path(out_dir, "results.json").write_text("{}")
-
-    assert run_cell(old, tmp_path, fake_run) != "done before"
-    assert run_cell(old, tmp_path, fake_run) == "done before" and read_results(tmp_path, new) is None
-    run_cell(new, tmp_path, fake_run)
-    assert written == [2, 3]
-
-
-# --- the report, from known results
-
-ACCURACY = {"LoRA": (0.80, 0.82, 0.84), "LoRA-One": (0.90, 0.91, 0.92), "spectral init only": (0.50, 0.50, 0.50)}
-TUNING_LOSS = {("LoRA", 1e-3): 1.0, ("LoRA", 1e-2): 0.8, ("LoRA-One", 1e-3): 0.7, ("LoRA-One", 1e-2): 0.9}
-STEPS = {"LoRA": 3, "LoRA-One": 3, "spectral init only": 0}
-# A seed run's held-out loss at steps 2 and 3 (measured every 2 of its 3 steps, and at the last), as an
-# offset from 0.5 + 0.1·seed: LoRA ends at 0.6, 0.7, 0.8; LoRA-One is at 0.5, 0.6, 0.7 at step 2.
-HELD_OUT = {"LoRA": (0.5, 0.0), "LoRA-One": (-0.1, -0.2)}
+    workers = Store(tmp_path / "runs", tmp_path / "cells", CODE)
+    with worker_pool(1) as pool:
+        assert run_in_pool(pool, [seed_cell], study, workers, run_exp.run, Progress(1, lambda line: None)) == []
+    pooled = verify.numbers(workers.record(seed_cell))
+    assert pooled == verify.numbers(store.record(seed_cell)) and len(pooled) > 20
 
 
-def fake_results(cfg) -> dict:
-    """What run_exp would write, from the cell's composed config: known numbers per method and seed."""
-    method = {"default": "LoRA", "pissa": "PiSSA"}.get(cfg.init.name) or \
-        ("spectral init only" if cfg.model.max_steps == 0 else "LoRA-One")
-    if method == "PiSSA":
-        raise RuntimeError("a cell that fails")
-    tuning, after_init = not cfg.eval, 1.5 if method != "LoRA" else 2.0
-    midway, final = HELD_OUT.get(method, (0.0, 0.0))
-    eval_loss = TUNING_LOSS[(method, cfg.model.learning_rate)] if tuning else 0.5 + 0.1 * cfg.seed + final
-    curve = [[0, after_init]] + ([[2, eval_loss - final + midway], [3, eval_loss]] if STEPS[method] else [])
-    return {"config": {}, "eval_loss_base": 2.0, "eval_loss_after_init": after_init, "eval_loss": eval_loss,
-            "eval_loss_curve": curve, "steps": STEPS[method], "train_time_s": 2.0 * STEPS[method],
-            "eval": {} if tuning else {"glue": {"accuracy": ACCURACY[method][cfg.seed - 1], "main_metric": "accuracy"}},
-            "provenance": {"git": {"commit": "0123456789abcdef", "dirty": False}, "packages": {"torch": "2.0"},
-                           "python": "3.11", "cpu": "a CPU", "torch_threads": 2, "hostname": "box",
-                           "start": "2026-01-01T00:00:00+00:00", "end": "2026-01-01T00:00:10+00:00"}}
+def test_code_state_follows_what_a_cell_computes(tmp_path):
+    repo = tmp_path / "repo"
+    for path, text in (("run_exp.py", "a"), ("conf/config.yaml", "b"), ("src/lora_one/x.py", "c"),
+                       ("src/lora_one/reproduce/report.py", "d"), ("README.md", "e")):
+        (repo / path).parent.mkdir(parents=True, exist_ok=True)
+        (repo / path).write_text(text)
+    git = ["git", "-C", str(repo), "-c", "user.email=t@t", "-c", "user.name=t"]
+    subprocess.run([*git, "init", "-q"], check=True)
+    subprocess.run([*git, "add", "."], check=True)
+    subprocess.run([*git, "commit", "-qm", "x"], check=True)
+    clean = code_state(repo)
+    assert not clean.dirty and len(clean.commit) == 40
+    (repo / "README.md").write_text("changed")
+    (repo / "src/lora_one/reproduce/report.py").write_text("changed")
+    assert code_state(repo).digest == clean.digest and not code_state(repo).dirty  # the report computes no number
+    (repo / "src/lora_one/x.py").write_text("changed")
+    assert code_state(repo).digest != clean.digest and code_state(repo).dirty
+
+
+def test_verify_names_each_difference():
+    assert verify.verdict(0.5, 0.5) == "identical"
+    assert verify.verdict(0.5, 0.25) == "differs by 0.25 (0.5 vs 0.25)"
+    assert verify.numbers({"eval": {"glue": {"f1": 0.5, "split": "dev"}}, "eval_loss_curve": [[0, 1.0]],
+                           "provenance": {"start": 1}}) == \
+        {"eval.glue.f1": 0.5, "eval_loss_curve[0][0]": 0, "eval_loss_curve[0][1]": 1.0}
+
+
+# --- the report, from known records
+
+ACCURACY = {"LoRA": (80, 82, 84), "LoRA-One": (90, 91, 92), "spectral init only": (50, 50, 50)}
+HELD_OUT_FINAL = {"LoRA": (0.6, 0.7, 0.8), "LoRA-One": (0.5, 0.55, 0.75), "spectral init only": (1.5, 1.5, 1.5)}
+# 10 dev rows, 6 `negative`: the majority class scores 60 %; LoRA's seed 1 predicts `negative` for all 10
+GOLD = {"negative": 6, "positive": 4}
+
+
+def fake_record(cell: Cell) -> dict | None:
+    """A finished cell's record with known numbers; PiSSA never finished."""
+    if cell.method == "PiSSA":
+        return None
+    if cell.stage == TUNE:
+        loss = {("LoRA", 1e-3): 1.0, ("LoRA", 1e-2): 0.8, ("LoRA-One", 1e-3): 0.7, ("LoRA-One", 1e-2): 0.9}
+        return {"eval_loss": loss[(cell.method, cell.learning_rate)], "steps": 4, "train_time_s": 4.0, "eval": {},
+                "provenance": PROVENANCE, "code": CODE.as_dict()}
+    i = cell.seed - 1
+    final = HELD_OUT_FINAL[cell.method][i]
+    # curves every 2 of 4 steps: LoRA 2.0, 1.0, final; LoRA-One 1.5, final + 0.05 (mean 0.65 ≤ LoRA's 0.7 at step 2), final
+    curve = [[0, 1.5]] if cell.method == "spectral init only" else \
+        [[0, 2.0], [2, 1.0], [4, final]] if cell.method == "LoRA" else [[0, 1.5], [2, final + 0.05], [4, final]]
+    predicted = {"negative": 10, "positive": 0} if (cell.method, cell.seed) == ("LoRA", 1) else {"negative": 5, "positive": 5}
+    return {"eval_loss": final, "eval_loss_base": 2.0, "eval_loss_after_init": curve[0][1], "eval_loss_curve": curve,
+            "steps": curve[-1][0], "train_time_s": 2.0 * curve[-1][0], "code": CODE.as_dict(), "provenance": PROVENANCE,
+            "eval": {"glue": {"accuracy": ACCURACY[cell.method][i] / 100, "main_metric": "accuracy",
+                              "predicted_counts": predicted, "gold_counts": GOLD}}}
+
+
+PROVENANCE = {"packages": {"torch": "2.0"}, "python": "3.11", "cpu": "a CPU", "torch_threads": 1,
+              "start": "2026-01-01T00:00:00+00:00", "end": "2026-01-01T00:00:10+00:00"}
 
 
 @pytest.fixture(scope="module")
-def fake_study(tmp_path_factory):
+def fake_runs():
     study = tiny_study(Path("/nonexistent"), (Method("LoRA", ("init=default",)), Method("PiSSA", ("init=pissa",)),
                                               Method("LoRA-One", ("init=gradient", "init.direction=LoRA-One"),
                                                      gradient_init=True), SPECTRAL), seeds=(1, 2, 3))
-    root = tmp_path_factory.mktemp("fake")
-
-    def fake_run(cfg, out_dir):
-        Path(out_dir, "results.json").write_text(json.dumps(fake_results(cfg)))
-
-    lines = []
-    run_study(study, root, fake_run, Progress(cell_count(study), lines.append))
-    return study, root, lines
+    return study, report.collect(study, fake_record, lambda task: ["negative", "positive"])[0]
 
 
-def test_failed_cells_are_reported_and_skipped(fake_study):
-    _, _, lines = fake_study
-    assert sum("PiSSA" in line and "FAILED" in line and "a cell that fails" in line for line in lines) == 2
-    assert "sst2: chosen learning rates (lowest held-out loss at seed 0): LoRA 0.01, PiSSA –, LoRA-One 0.001" in lines
-
-
-def test_table_rows_match_hand_computed_statistics(fake_study):
-    study, root, _ = fake_study
-    runs = report.collect(study, root)[0]
+def test_table_rows_match_hand_computed_statistics(fake_runs):
+    _, runs = fake_runs
     table = report.task_table(runs)
-    # LoRA: 80, 82, 84 → 82.00 ± 2.00; held-out loss 0.6, 0.7, 0.8 → 0.7000 ± 0.1000; 10 s per run
-    assert "| LoRA | 0.01 | 82.00 ± 2.00 | 0.7000 ± 0.1000 | 3 | 10 s | not quoted (the paper's table is T5-base) |" in table
-    assert "| LoRA-One | 0.001 | 91.00 ± 1.00 |" in table
-    assert "| spectral init only | – (no step) | 50.00 ± 0.00 | 0.7000 ± 0.1000 | 0 |" in table
-    assert "| PiSSA | **missing** (no tuning run finished) | **missing** (0 of 3 seeds) |" in table
-    partial = report.MethodRuns("LoRA", 1e-3, True, 3, grid=(1, 3))
-    assert report.rate_text(partial) == "0.001 (provisional: 1 of 3 grid points)"
-    tuning = report.tuning_table(runs)
+    assert "| majority class (always `negative`, no run) | – | 60.00 |" in table
+    # LoRA: 80, 82, 84 → 82.00 ± 2.00; held-out 0.6, 0.7, 0.8 → 0.7000 ± 0.1000; seed 1 predicts one class
+    assert ("| LoRA | 0.01 (grid edge) | 82.00 ± 2.00 (n=3) | – | 0.7000 ± 0.1000 | – | 1 of 3 | 4 | 10 s | "
+            "not quoted (the paper's table is T5-base) |") in table
+    # LoRA-One − LoRA per seed: 10, 9, 8 → 9 ± 4.303·1/√3 = [6.52, 11.48]; held-out −0.1, −0.15, −0.05 → −0.1 ± 0.1242
+    assert "| LoRA-One | 0.001 (grid edge) | 91.00 ± 1.00 (n=3) | +9.00 [+6.52, +11.48] ✓ | 0.6000 ± 0.1323 | " \
+           "-0.1000 [-0.2242, +0.0242] | 0 of 3 |" in table
+    assert "| PiSSA | **missing** (tuning unfinished) | **missing** (0 of 3 seeds) |" in table
+    assert stats.confidence_interval([10, 9, 8]) == pytest.approx((9 - 4.303 / math.sqrt(3), 9 + 4.303 / math.sqrt(3)))
+    seeds = report.per_seed_table(runs)
+    assert "<details>" in seeds and "| LoRA | 80.00 / 0.6000 (one class) | 82.00 / 0.7000 | 84.00 / 0.8000 |" in seeds
+    tuning = report.tuning_table(runs, (0,))
     assert "| LoRA | 1.0000 | **0.8000** |" in tuning and "| LoRA-One | **0.7000** | 0.9000 |" in tuning
-    assert "| PiSSA | missing | missing |" in tuning
-    assert "grid's edge, so the best rate may lie beyond it: LoRA (highest), LoRA-One (lowest)." in tuning
+    assert "| PiSSA | missing | missing |" in tuning and "best rate may lie beyond it: LoRA, LoRA-One." in tuning
 
 
-def test_verdicts_from_the_data(fake_study):
-    study, root, _ = fake_study
-    runs = report.collect(study, root)[0]
-    assert report.verdict_init_alone(runs).startswith(
-        "(a) init alone lowers held-out loss: **yes**: base 2.0000 → after the LoRA-One init, no step 1.5000 (-25.0 %), "
-        "lower in 3 of 3 seeds.")
-    # LoRA's held-out loss ends at 0.7 (mean) after 3 steps; LoRA-One's mean is 1.5, 0.6, 0.5 at steps 0, 2, 3
-    assert "**2 / 3 = 0.67×** LoRA's steps" in report.verdict_speed(runs)
-    assert "measured every 2 steps" in report.verdict_speed(runs)
-    # 95 % t intervals (t = 4.303, n = 3): LoRA-One 91 ± 2.48, LoRA 82 ± 4.97, spectral 50 ± 0: no overlap
-    assert report.confidence_interval([90, 91, 92]) == pytest.approx((91 - 4.303 / math.sqrt(3), 91 + 4.303 / math.sqrt(3)))
-    assert report.verdict_ranking(runs) == (
-        "(c) ranking: LoRA-One (91.00) > LoRA (82.00) > spectral init only (50.00); the best one's 95 % CI overlaps "
-        "those of: none; clearly below it: LoRA, spectral init only.")
+def test_degenerate_runs_and_the_majority_baseline():
+    assert stats.is_degenerate({"a": 95, "b": 5}) and not stats.is_degenerate({"a": 94, "b": 6})
+    assert stats.majority_label({"negative": 3, "positive": 3}, ["negative", "positive"]) == "negative"
+    mrpc = report.TaskRuns(Task("mrpc", (), "glue", (), "dev"), [report.MethodRuns("LoRA", 1e-3, True, 1, runs={1: {
+        "eval": {"glue": {"main_metric": "f1", "f1": 0.8, "gold_counts": {"equivalent": 3, "not_equivalent": 1}}}}})],
+        [], ["not_equivalent", "equivalent"])
+    # always `equivalent` on 3 positives and 1 negative: precision 3/4, recall 1, F1 = 2·0.75/1.75 = 85.71
+    label, value, rows = report.majority_baseline(mrpc)
+    assert (label, rows) == ("equivalent", 4) and value == pytest.approx(100 * 6 / 7)
+
+
+def test_verdicts_from_the_data(fake_runs):
+    _, runs = fake_runs
+    init = report.verdict_init_alone(runs)
+    assert init.startswith("(a) init alone lowers held-out loss: **yes (resolved)**: base 2.0000 → after the LoRA-One "
+                           "init, no step 1.5000; paired difference")
+    # symmetric: LoRA's final mean 0.7; LoRA's mean curve 2.0, 1.0, 0.7 reaches it at step 4, LoRA-One's
+    # 1.5, 0.65, 0.6 at step 2
+    speed = report.verdict_speed(runs, 2)
+    assert "LoRA-One at step **2**, LoRA at step **4** (ratio 0.50×; target 0.7000" in speed
+    assert "measured every 2 steps" in speed
+    ranking = report.verdict_ranking(runs)
+    assert "LoRA-One better (resolved), +9.00 [+6.52, +11.48] ✓" in ranking
+    assert "spectral init only worse (resolved)" in ranking
+    assert "Clearly above the majority class (60.00" in ranking and ": LoRA, LoRA-One." in ranking
+    curves = report.curve_table(runs)
+    # averaged over training (trapezoids over 0-2-4): LoRA (2.0+1.0)/2·2 + (1.0+0.7)/2·2 = 4.7 → 1.175
+    assert "| LoRA | 4 | 1.1750 |" in curves and "| LoRA-One | 2 |" in curves and "| spectral init only | not reached | – |" in curves
 
 
 def test_verdicts_say_what_was_not_measured():
-    empty = report.TaskRuns(Task("cola", (), "glue", (), "dev"), {}, [report.MethodRuns("LoRA", None, True, 3)])
+    empty = report.TaskRuns(Task("cola", (), "glue", (), "dev"), [report.MethodRuns("LoRA", None, True, 3)], [], [])
     assert "**not measured**" in report.verdict_init_alone(empty)
-    assert "**not measured**" in report.verdict_speed(empty) and "**not measured**" in report.verdict_ranking(empty)
-    assert report.steps_to_reach([(0, 3.0), (4, 2.0)], 1.0) is None
-    # results written before run_exp recorded the held-out loss curve
-    no_curve = report.TaskRuns(Task("cola", (), "glue", (), "dev"), {}, [
-        report.MethodRuns(name, 1e-3, True, 1, runs=[{"eval_loss": 0.8, "steps": 16}]) for name in ("LoRA", "LoRA-One")])
-    assert "**not measured**" in report.verdict_speed(no_curve)
-    assert not figures.plot_losses(no_curve, Path("/nonexistent/loss.png"))
+    assert "**not measured**" in report.verdict_speed(empty, 4) and "**not measured**" in report.verdict_ranking(empty)
+    assert stats.first_step_at_or_below([(0, 3.0), (4, 2.0)], 1.0) is None
+    assert stats.mean_over_steps([(0, 1.0)]) is None and stats.mean_over_steps([(0, 2.0), (4, 0.0)]) == 1.0
 
 
-# hand-made held-out loss curves ([step, loss] pairs, measured every 4 of 16 steps)
-LORA_CURVES = ([[0, 2.0], [4, 1.5], [8, 1.1], [12, 0.9], [16, 0.7]],
-               [[0, 2.2], [4, 1.7], [8, 1.3], [12, 1.1], [16, 0.9]])  # final 0.8, mean of the two seeds
+def test_figures_are_small_deterministic_pngs_with_clipped_bars(fake_runs, tmp_path):
+    _, runs = fake_runs
+    (tmp_path / "a").mkdir(), (tmp_path / "b").mkdir()
+    first, second = (figures.plot_task(runs, tmp_path / d, "accuracy (%)", (0.0, 100.0), ("negative", 60.0, 10))
+                     for d in ("a", "b"))
+    assert sorted(first) == ["grid", "loss", "metric"]
+    for kind in first:
+        assert first[kind].read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and first[kind].stat().st_size < 150_000
+        assert first[kind].read_bytes() == second[kind].read_bytes()
+    assert stats.clip(95.0, 105.0, (0.0, 100.0)) == (95.0, 100.0)
 
 
-def speed_runs(*one_curves: list) -> report.TaskRuns:
-    """LoRA's two seeds above, LoRA-One's seeds the given curves, and one untrained spectral-init run."""
-    def method(name: str, curves, trains: bool = True) -> report.MethodRuns:
-        runs = [{"eval_loss": c[-1][1], "steps": c[-1][0], "eval_loss_curve": c} for c in curves]
-        return report.MethodRuns(name, 1e-3 if trains else None, trains, len(curves), runs=runs)
-
-    return report.TaskRuns(Task("sst2", (), "glue", (), "dev"), {}, [
-        method("LoRA", LORA_CURVES), method("LoRA-One", one_curves),
-        method("spectral init only", ([[0, 1.6]], [[0, 1.8]]), trains=False)])
-
-
-def test_speed_verdict_on_hand_made_held_out_curves():
-    # LoRA-One's mean: 1.1 at step 4, (0.78 + 0.80) / 2 = 0.79 ≤ 0.8 first at step 8
-    runs = speed_runs([[0, 1.5], [4, 1.0], [8, 0.78], [12, 0.7], [16, 0.6]],
-                      [[0, 1.7], [4, 1.2], [8, 0.80], [12, 0.75], [16, 0.7]])
-    assert report.verdict_speed(runs) == (
-        "(b) steps LoRA-One needs to reach LoRA's final held-out loss: **8 / 16 = 0.50×** LoRA's steps: LoRA's final "
-        "held-out loss is 0.8000 at step 16 (mean over 2 seeds); LoRA-One (its own chosen lr, mean over seeds) is at "
-        "0.7900 at step 8. The held-out loss is measured every 4 steps, so step 8 is an upper bound, within 4 steps.")
-    never = speed_runs([[0, 1.5], [4, 1.2], [8, 1.0], [12, 0.9], [16, 0.85]])
-    assert report.verdict_speed(never).endswith("**not reached** in 16 steps: LoRA's final held-out loss is 0.8000 at "
-                                                "step 16 (mean over 2 seeds); LoRA-One (its own chosen lr, mean over "
-                                                "seeds) ends at 0.8500.")
-    init_alone = speed_runs([[0, 0.75], [4, 0.7], [8, 0.6], [12, 0.5], [16, 0.4]])
-    assert report.verdict_speed(init_alone).endswith(
-        "**0 / 16 = 0.00×** LoRA's steps: LoRA's final held-out loss is 0.8000 at step 16 (mean over 2 seeds); LoRA-One "
-        "(its own chosen lr, mean over seeds) is at 0.7500 after the init alone, before any step.")
+def test_reproduction_markdown_and_the_fewer_records_guard(fake_runs, tmp_path):
+    study, _ = fake_runs
+    markdown = tmp_path / "REPRODUCTION.md"
+    written = report.write_reproduction(study, fake_record, lambda task: ["negative", "positive"], markdown,
+                                        tmp_path / "figures")
+    text = markdown.read_text()
+    assert "never edit\nby hand" in text and "<!-- records: 13 -->" in text  # 4 tuning + 9 seed runs
+    assert "- machine: a CPU, 1 torch threads" in text and "state feedfacecafebeef, computed at commit 0123456789ab" in text
+    assert "- tuning runs finished: 4 of 6" in text and "seed runs finished: 9 of 12" in text and "sst2 PiSSA (3 seeds)" in text
+    assert "![sst2 loss](figures/sst2_loss.png)" in text and len([p for p in written if p.suffix == ".png"]) == 3
+    again = tmp_path / "again.md"
+    report.write_reproduction(study, fake_record, lambda task: ["negative", "positive"], again, tmp_path / "figures")
+    assert again.read_text() == text  # nothing of the clock or the machine that wrote it
+    fewer = lambda cell: None if cell.method == "LoRA-One" else fake_record(cell)  # noqa: E731
+    with pytest.raises(ValueError, match="holds 13 records, these 8"):
+        report.write_reproduction(study, fewer, lambda task: ["negative", "positive"], markdown, tmp_path / "figures")
+    report.write_reproduction(study, fewer, lambda task: ["negative", "positive"], markdown, tmp_path / "figures", force=True)
+    assert "<!-- records: 8 -->" in markdown.read_text()
 
 
-def test_mean_curve_averages_each_step_over_the_seeds_that_reached_it():
-    cut_short = speed_runs([[0, 1.0], [4, 0.6], [8, 0.4]], [[0, 2.0], [4, 1.0], [8, 0.8], [12, 0.5], [16, 0.3]])
-    curve = report.mean_curve(cut_short.of("LoRA-One"))
-    assert [step for step, _ in curve] == [0, 4, 8, 12, 16]
-    # steps 0 to 8 average both seeds; 12 and 16 are the longer seed's alone
-    assert [loss for _, loss in curve] == pytest.approx([1.5, 0.8, 0.6, 0.5, 0.3])
-    assert report.steps_to_reach(curve, 0.7) == 8 and report.steps_to_reach(curve, 1.5) == 0
+def test_the_committed_report_is_what_the_committed_records_generate(tmp_path):
+    """A fresh clone regenerates REPRODUCTION.md byte for byte from docs/reproduction/ alone."""
+    sys.path.insert(0, str(ROOT / "scripts"))
+    import reproduce
 
-
-def test_held_out_loss_figure_is_a_small_png(tmp_path):
-    path = tmp_path / "sst2_loss.png"
-    assert figures.plot_losses(speed_runs([[0, 1.5], [4, 1.0], [8, 0.78], [12, 0.7], [16, 0.6]]), path)
-    assert path.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and path.stat().st_size < 150_000
-
-
-def test_reproduction_markdown_and_small_figures(fake_study, tmp_path):
-    study, root, _ = fake_study
-    written = report.write_reproduction(study, root, tmp_path / "REPRODUCTION.md", tmp_path / "figures", "cmd")
-    text = (tmp_path / "REPRODUCTION.md").read_text()
-    assert "never edit by hand" in text and "- machine: a CPU, 2 torch threads, host box" in text
-    assert "- code: commit 0123456789ab" in text and "- tuning runs finished: 4 of 6; seed runs finished: 9 of 12" in text
-    assert "sst2 PiSSA (3 seeds)" in text
-    assert "- measured on this machine: 2.0 s per optimizer step (mean over the 10 finished trained runs, tuning and seed runs)" in text
-    assert "- the 5 unfinished cells need about 0.0 h more" in text  # 2 PiSSA tuning + 3 PiSSA seeds, 10 s each
-    figures = [p for p in written if p.suffix == ".png"]
-    assert sorted(p.name for p in figures) == ["sst2_grid.png", "sst2_loss.png", "sst2_metric.png"]
-    assert all(p.stat().st_size < 150_000 for p in figures)
-    assert "![sst2 loss](figures/sst2_loss.png)" in text
-
+    report.write_reproduction(cpu_study(), reproduce.record_reader(), reproduce.label_words, tmp_path / "REPRODUCTION.md",
+                              tmp_path / "docs" / "reproduction", reproduce.extra_sections(), force=True)
+    assert (tmp_path / "REPRODUCTION.md").read_text() == (ROOT / "REPRODUCTION.md").read_text()
+    for figure in (tmp_path / "docs" / "reproduction").glob("*.png"):
+        assert figure.read_bytes() == (ROOT / "docs" / "reproduction" / figure.name).read_bytes(), figure.name
 
 # --- published numbers: exactly those quoted in the issue
 

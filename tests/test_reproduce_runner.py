@@ -2,7 +2,8 @@
 worker with the threads asked for, the rates chosen are those computed by hand and those the
 one-process runner chooses, a finished study runs nothing again, and a worker that dies stops the
 study in a state the same call resumes. run_exp.run is replaced by module-level fakes (a worker
-imports them by reference) that write a held-out loss known in advance."""
+imports them by reference) that write a held-out loss known in advance; records are kept by the
+parent process, one per finished cell."""
 import json
 import math
 import os
@@ -12,7 +13,10 @@ from pathlib import Path
 import pytest
 
 from lora_one.reproduce.plan import Method, Study, Task, cell_count, final_cells, tuning_cells
-from lora_one.reproduce.runner import Progress, run_study, run_study_in_pool
+from lora_one.reproduce.records import CodeState
+from lora_one.reproduce.runner import Progress, Store, run_study, run_study_in_pool
+
+CODE = CodeState("0" * 16, None, False)
 
 # the fake held-out loss is |log10(lr) - best|: lowest at 1e-4 for PiSSA, near 5e-4 for LoRA, near 2.5e-3 for LoRA-One
 BEST_LOG10_RATE = {"pissa": -4.0, "default": -3.3, "gradient": -2.7}
@@ -27,8 +31,8 @@ def fake_run(cfg, out_dir: str) -> None:
     import torch
 
     loss = abs(math.log10(cfg.model.learning_rate) - BEST_LOG10_RATE[cfg.init.name])
-    Path(out_dir, "results.json").write_text(json.dumps({"eval_loss": loss, "pid": os.getpid(),
-                                                         "torch_threads": torch.get_num_threads()}))
+    Path(out_dir, "results.json").write_text(json.dumps({"eval_loss": loss, "provenance": {
+        "pid": os.getpid(), "torch_threads": torch.get_num_threads()}}))
 
 
 CRASHING_CELL = "cola/final/LoRA/lr=0.0005,seed=1"
@@ -57,18 +61,22 @@ def small_study() -> Study:
                           Method("LoRA-One", gradient, gradient_init=True),
                           Method("spectral init only", (*gradient, "model.max_steps=0"), trains=False,
                                  gradient_init=True)),
-                 learning_rates=(1e-4, 5e-4, 2.5e-3), seeds=(1,), tuning_seed=0)
+                 learning_rates=(1e-4, 5e-4, 2.5e-3), seeds=(1,), tuning_seeds=(0,), threads=WORKER_THREADS)
+
+
+def store_in(root: Path) -> Store:
+    return Store(root / "runs", root / "cells", CODE)
 
 
 def results_files(study: Study, root: Path, chosen: dict) -> list[Path]:
-    """The results.json of every cell of the study, the seed runs at the `chosen` rates."""
+    """The record of every cell of the study, the seed runs at the `chosen` rates."""
     cells = [c for task in study.tasks for c in tuning_cells(study, task) + final_cells(study, task, chosen)]
-    return [root / c.path / "results.json" for c in cells]
+    return [root / "cells" / f"{c.path}.json" for c in cells]
 
 
 def run_in_workers(study: Study, root: Path, run_fn=fake_run) -> list[str]:
     lines = []
-    run_study_in_pool(study, root, run_fn, Progress(cell_count(study), lines.append), workers=2, threads=WORKER_THREADS)
+    run_study_in_pool(study, store_in(root), run_fn, Progress(cell_count(study), lines.append), workers=2)
     return lines
 
 
@@ -80,7 +88,7 @@ def progress_lines(lines: list[str]) -> list[str]:
     return [line for line in lines if line.startswith("[")]
 
 
-EXPECTED_CHOICE = [f"{task}: chosen learning rates (lowest held-out loss at seed 0): LoRA 0.0005, PiSSA 0.0001, "
+EXPECTED_CHOICE = [f"{task}: chosen learning rates (lowest held-out loss, mean over seeds 0): LoRA 0.0005, PiSSA 0.0001, "
                    "LoRA-One 0.0025" for task in ("sst2", "cola")]
 
 
@@ -94,8 +102,8 @@ def test_every_cell_runs_in_a_worker_with_its_threads(study_run):
     study, root, lines = study_run
     results = [json.loads(p.read_text()) for p in results_files(study, root, CHOSEN)]
     assert len(results) == 26
-    assert {r["torch_threads"] for r in results} == {WORKER_THREADS}
-    assert os.getpid() not in {r["pid"] for r in results}
+    assert {r["provenance"]["torch_threads"] for r in results} == {WORKER_THREADS}
+    assert os.getpid() not in {r["provenance"]["pid"] for r in results}
     progress = progress_lines(lines)
     assert len(progress) == 26 and progress[-1].startswith("[26/26] ") and all(line.endswith(" s") for line in progress)
     # every task's tuning runs come before any seed run (which needs its task's chosen rate)
@@ -107,7 +115,7 @@ def test_rates_chosen_in_workers_are_the_one_process_choice(study_run, tmp_path)
     study, root, lines = study_run
     assert chosen_lines(lines) == EXPECTED_CHOICE
     in_process = []
-    run_study(study, tmp_path, fake_run, Progress(cell_count(study), in_process.append))
+    run_study(study, store_in(tmp_path), fake_run, Progress(cell_count(study), in_process.append))
     assert chosen_lines(in_process) == EXPECTED_CHOICE and in_process[-1].startswith("[26/26] ")
     assert all(json.loads(a.read_text())["eval_loss"] == json.loads(b.read_text())["eval_loss"]
                for a, b in zip(results_files(study, root, CHOSEN), results_files(study, tmp_path, CHOSEN)))
@@ -127,14 +135,14 @@ def test_a_study_whose_worker_died_resumes(tmp_path):
     study = small_study()
     lines = []
     with pytest.raises(BrokenProcessPool):
-        run_study_in_pool(study, tmp_path, crashing_run, Progress(cell_count(study), lines.append), 2, 1)
+        run_study_in_pool(study, store_in(tmp_path), crashing_run, Progress(cell_count(study), lines.append), 2)
     # a failed run did not stop the study: all 18 tuning lines, PiSSA's 6 failures among them, then the
     # choice without PiSSA, whose 2 seed runs leave the total
     assert sum(line.endswith("(RuntimeError: a cell that fails)") for line in lines[:18]) == 6
     assert chosen_lines(lines) == [line.replace("PiSSA 0.0001", "PiSSA –") for line in EXPECTED_CHOICE]
     assert lines[18:20] == chosen_lines(lines) and all("/24] " in line for line in lines[20:])
     finished_before = {p: p.stat().st_mtime_ns for p in results_files(study, tmp_path, CHOSEN) if p.exists()}
-    assert tmp_path / CRASHING_CELL / "results.json" not in finished_before
+    assert tmp_path / "cells" / f"{CRASHING_CELL}.json" not in finished_before
 
     resumed = run_in_workers(study, tmp_path)
     assert all(p.exists() for p in results_files(study, tmp_path, CHOSEN))

@@ -1,6 +1,8 @@
-"""The study's figures, per task: the learning-rate grid (held-out loss per rate), the held-out loss
-per evaluated step of each method (mean ± std over seeds) and a bar chart of the benchmark metric
-(mean ± std). Small PNGs (100 dpi) for the repository."""
+"""The study's figures, per task: the learning-rate grid (mean held-out loss per rate), the held-out
+loss per evaluated step of each method (each seed a faint line, the mean over seeds bold) and the
+benchmark metric (each seed a dot, the mean ± std as a bar clipped to the metric's range, the
+majority-class baseline as a line). Small PNGs (100 dpi) without a version stamp, so the same
+records draw the same bytes."""
 from pathlib import Path
 
 import matplotlib
@@ -8,14 +10,15 @@ import matplotlib
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 
-from lora_one.reproduce.report import TaskRuns, held_out_by_step, mean_std, metric_label, scores  # noqa: E402
+from lora_one.reproduce import stats  # noqa: E402
+from lora_one.reproduce.records import curve, mean_curve, metric  # noqa: E402
 
 DPI = 100
 
 
 def save(fig, path: Path) -> None:
     fig.tight_layout()
-    fig.savefig(path)
+    fig.savefig(path, metadata={"Software": None})
     plt.close(fig)
 
 
@@ -26,50 +29,59 @@ def save_with_legend(fig, ax, path: Path) -> None:
     save(fig, path)
 
 
-def plot_losses(runs: TaskRuns, path: Path) -> bool:
-    """Held-out loss per evaluated optimizer step (`eval_loss_curve`), per method: the mean over seeds
-    as a line with a ± std band; a method measured at step 0 only (the spectral init, untrained) as a
-    marker with a ± std bar."""
-    curves = [(method, held_out_by_step(method)) for method in runs.methods]
-    curves = [(method, points) for method, points in curves if points]
-    if not curves:
+def plot_losses(runs, path: Path) -> bool:
+    """Held-out loss per evaluated optimizer step (`eval_loss_curve`): per method each seed's curve faint
+    and the mean over seeds bold; a method measured at step 0 only (the spectral init) as its seeds' dots."""
+    methods = [m for m in runs.methods if m.runs]
+    if not methods:
         return False
     fig, ax = plt.subplots(figsize=(6.4, 4), dpi=DPI)
-    for method, points in curves:
-        steps = [step for step, _ in points]
-        stats = [mean_std(losses) for _, losses in points]
-        mean, std = [m for m, _ in stats], [s for _, s in stats]
-        label = f"{method.method} (n={len(points[0][1])})"  # every seed's curve starts at step 0
-        if len(points) == 1:
-            ax.errorbar(steps, mean, yerr=std, fmt="o", capsize=3, label=label)
-            continue
-        (line,) = ax.plot(steps, mean, marker=".", label=label)
-        ax.fill_between(steps, [m - s for m, s in zip(mean, std)], [m + s for m, s in zip(mean, std)],
-                        color=line.get_color(), alpha=0.15)
-    ax.set(title=f"{runs.task.name}: held-out loss per evaluated step, mean ± std over seeds",
-           xlabel="optimizer step (0: after the init)", ylabel="held-out loss")
+    for index, method in enumerate(methods):
+        color = f"C{index}"
+        for record in method.runs.values():
+            points = curve(record)
+            ax.plot([s for s, _ in points], [v for _, v in points], color=color, alpha=0.2, lw=0.8,
+                    marker="o" if len(points) == 1 else None, ms=3)
+        mean = mean_curve(list(method.runs.values()))
+        ax.plot([s for s, _ in mean], [v for _, v in mean], color=color, lw=2, marker="." if len(mean) > 1 else "o",
+                label=f"{method.method} (n={len(method.runs)})")
+    ax.set_yscale("log")
+    ax.set(title=f"{runs.task.name}: held-out loss per evaluated step (faint: seeds, bold: mean)",
+           xlabel="optimizer step (0: after the init)", ylabel="held-out loss (log scale)")
     save_with_legend(fig, ax, path)
     return True
 
 
-def plot_bars(runs: TaskRuns, path: Path) -> bool:
-    finished = [m for m in runs.methods if m.runs]
-    if not finished:
+def plot_metric(runs, path: Path, label: str, bounds: tuple[float, float], baseline) -> bool:
+    """Per method its seeds' metric as dots over a bar of the mean with a ± std bar clipped to `bounds`;
+    the majority-class baseline (label, value, rows) as a dashed line."""
+    methods = [m for m in runs.methods if m.runs]
+    if not methods:
         return False
-    stats = [mean_std([100 * v for v in scores(m, runs.task)]) for m in finished]
     fig, ax = plt.subplots(figsize=(6.4, 3.6), dpi=DPI)
-    ax.bar(range(len(finished)), [m for m, _ in stats], yerr=[s for _, s in stats], capsize=4, color="tab:blue", alpha=0.8)
-    ax.set_xticks(range(len(finished)), [f"{m.method}\n(n={len(m.runs)})" for m in finished], fontsize=7)
-    ax.set(title=f"{runs.task.name}: {metric_label(runs)}, mean ± std over seeds", ylabel=metric_label(runs))
+    for x, method in enumerate(methods):
+        values = list(method.values(metric(runs.task.benchmark)).values())
+        mean, std = stats.mean_std(values)
+        low, high = stats.clip(mean - std, mean + std, bounds)
+        ax.bar(x, mean, color="tab:blue", alpha=0.5)
+        ax.errorbar(x, mean, yerr=[[mean - low], [high - mean]], color="black", capsize=4)
+        ax.plot([x] * len(values), values, "o", color="black", ms=3, alpha=0.6)
+    if baseline is not None:
+        ax.axhline(baseline[1], color="tab:red", ls="--", lw=1, label=f"majority class (`{baseline[0]}`)")
+        ax.legend(fontsize=7)
+    ax.set_xticks(range(len(methods)), [f"{m.method}\n(n={len(m.runs)})" for m in methods], fontsize=7)
+    ax.set_ylim(min(bounds[0], ax.get_ylim()[0]) if bounds[0] < 0 else 0, bounds[1])
+    ax.set(title=f"{runs.task.name}: {label}, mean ± std (clipped), dots: seeds", ylabel=label)
+    ax.title.set_fontsize(9)
     ax.grid(axis="y", alpha=0.3)
     save(fig, path)
     return True
 
 
-def plot_grid(runs: TaskRuns, path: Path) -> bool:
-    """Held-out loss of each tuning run against its learning rate (log scale), per method."""
-    measured = {method: sorted((rate, loss) for rate, loss in by_rate.items() if loss is not None)
-                for method, by_rate in runs.held_out_losses.items()}
+def plot_grid(runs, path: Path) -> bool:
+    """Mean held-out loss over the tuning seeds against the learning rate (log scale), per method."""
+    measured = {m.method: sorted((rate, loss) for rate, loss in m.grid.items() if loss is not None)
+                for m in runs.methods if m.trains}
     if not any(measured.values()):
         return False
     fig, ax = plt.subplots(figsize=(6.4, 3.6), dpi=DPI)
@@ -77,18 +89,21 @@ def plot_grid(runs: TaskRuns, path: Path) -> bool:
         if points:
             ax.plot([r for r, _ in points], [loss for _, loss in points], "o-", label=method)
     ax.set_xscale("log")
-    ax.set(title=f"{runs.task.name}: learning-rate grid, held-out loss at the tuning seed", xlabel="learning rate",
-           ylabel="held-out loss")
+    ax.set_yscale("log")
+    ax.set(title=f"{runs.task.name}: learning-rate grid, mean held-out loss over the tuning seeds", xlabel="learning rate",
+           ylabel="held-out loss (log scale)")
     save_with_legend(fig, ax, path)
     return True
 
 
-def plot_task(runs: TaskRuns, out_dir: Path) -> dict[str, Path]:
+def plot_task(runs, out_dir: Path, label: str, bounds: tuple[float, float], baseline) -> dict[str, Path]:
     """{kind: path} of the figures written for a task (none before its first finished run)."""
+    plots = {"grid": lambda p: plot_grid(runs, p), "loss": lambda p: plot_losses(runs, p),
+             "metric": lambda p: plot_metric(runs, p, label, bounds, baseline)}
     written = {}
-    for kind, plot in (("grid", plot_grid), ("loss", plot_losses), ("metric", plot_bars)):
+    for kind, plot in plots.items():
         path = out_dir / f"{runs.task.name}_{kind}.png"
-        if plot(runs, path):
+        if plot(path):
             written[kind] = path
         else:
             path.unlink(missing_ok=True)

@@ -1,19 +1,14 @@
-"""The CPU study as data: tasks × methods × (learning-rate grid at one tuning seed, then seeds at the
-chosen rate). A cell is one run: its Hydra overrides and its run directory, so the plan alone decides
-what exists on disk and a finished cell is recognised by its results.json.
+"""The CPU study as data: tasks × methods × (a learning-rate grid per method family at two tuning
+seeds, then five seeds at the chosen rate). A cell is one run: its Hydra overrides and its path, so
+the plan and the committed records alone decide what is finished.
 
-Sizing (`cpu_study`, in `Study.sizing` for REPRODUCTION.md): SmolLM2-135M, LoRA r=8 on q_proj and
-v_proj, batch 4, max_length 64 (MRPC and GSM8K 128), 16 optimizer steps (GSM8K 8: its rows are 4×
-longer), the one-step gradient from 4 examples with a randomized SVD (q=24, 4 power iterations; PiSSA
-the same through PEFT's `pissa_niter_4`). Tuning runs score nothing but the held-out loss of rows
-kept out of train.tsv / train.jsonl (`dataset.eval_size`), so the learning rate is never chosen on
-dev or test; the seed runs also measure that loss every `curve_every` steps (the loss curves) and
-score a fixed dev (GLUE) or test (GSM8K) subset.
-
-Why this size: one core runs a SmolLM2 forward at ≈40 GFLOP/s, so a held-out pass over 16 short GLUE
-rows takes ≈3 s, a training step ≈2-3 s and scoring one dev row (both label words) ≈0.4 s; with two
-single-threaded workers the 132 cells come near the 90-minute budget only with these subsets (a full
-GLUE dev pass, 2 323 rows over three tasks, would alone take ≈15 min per method and seed)."""
+Why this size (`cpu_study`; `Study.sizing` says it in REPRODUCTION.md): on one core a SmolLM2 LoRA
+step of 4 × 64 tokens takes ≈0.85 s on a quiet machine, a held-out pass over 128 short rows ≈9 s,
+scoring a dev row ≈0.05 s with one prompt pass shared by the label words. 100 steps let LoRA's
+held-out loss flatten; 5 seeds, paired, resolve held-out-loss differences of a few per cent; tuning
+on 128 held-out rows at 2 seeds keeps the choice off the seed noise. At ≈2.5 min a cell, the 142
+cells of the two GLUE tasks take ≈3 h in two workers, so a study spans sittings: each finished
+cell's record is committed, and the same command resumes on any machine."""
 from dataclasses import dataclass, field
 
 TUNE, FINAL = "tune", "final"
@@ -34,6 +29,7 @@ class Method:
     overrides: tuple[str, ...]
     trains: bool = True          # False: the init alone (no step, so no learning rate to tune)
     gradient_init: bool = False  # takes the study's one-step-gradient settings
+    learning_rates: tuple[float, ...] = ()  # the method family's first grid (empty: the study's)
 
 
 @dataclass(frozen=True)
@@ -42,14 +38,19 @@ class Study:
     gradient_init: tuple[str, ...]       # runs of a gradient init (LoRA-One, LoRA-GA)
     tasks: tuple[Task, ...]
     methods: tuple[Method, ...]
-    learning_rates: tuple[float, ...]
+    learning_rates: tuple[float, ...]    # the first grid of a method that names none
     seeds: tuple[int, ...]
-    tuning_seed: int
+    tuning_seeds: tuple[int, ...]        # a rate's held-out loss is the mean over these seeds
     curve_every: int = 0                 # seed runs: the held-out loss every N steps (0: after the init and at the end)
+    grid_extensions: int = 0             # a rate chosen at the grid's edge adds the next rate beyond it, this many times
+    threads: int = 1                     # torch threads of every cell (the numbers depend on it)
     sizing: dict = field(default_factory=dict)  # in words, for REPRODUCTION.md
 
     def task(self, name: str) -> Task:
         return next(t for t in self.tasks if t.name == name)
+
+    def first_grid(self, method: Method) -> tuple[float, ...]:
+        return method.learning_rates or self.learning_rates
 
 
 @dataclass(frozen=True)
@@ -91,10 +92,25 @@ def make_cell(study: Study, task: Task, method: Method, stage: str, rate: float 
     return Cell(task.name, method.name, stage, rate, seed, overrides)
 
 
-def tuning_cells(study: Study, task: Task) -> list[Cell]:
-    """Every trained method at every grid rate, at the tuning seed, scoring only held-out train rows."""
-    return [make_cell(study, task, method, TUNE, rate, study.tuning_seed)
-            for method in study.methods if method.trains for rate in study.learning_rates]
+def tuning_cells(study: Study, task: Task, grids: dict[str, tuple[float, ...]] | None = None) -> list[Cell]:
+    """Every trained method at every rate of its grid (`grids`, default its first grid), at each tuning
+    seed, scoring only held-out train rows."""
+    grids = grids or {}
+    return [make_cell(study, task, method, TUNE, rate, seed)
+            for method in study.methods if method.trains
+            for rate in grids.get(method.name, study.first_grid(method)) for seed in study.tuning_seeds]
+
+
+def extended_grid(grid: tuple[float, ...], best: float | None, extensions_left: int) -> tuple[float, ...]:
+    """The grid with one more rate beyond its edge when `best` lies on that edge (the step is the ratio
+    of the grid's last two rates, on a log scale); unchanged when `best` is interior, unknown (None:
+    a run failed) or no extension is left."""
+    rates = sorted(grid)
+    if best is None or extensions_left <= 0 or len(rates) < 2 or rates[0] < best < rates[-1]:
+        return grid
+    ratio = rates[-1] / rates[-2]
+    beyond = rates[0] / ratio if best == rates[0] else rates[-1] * ratio
+    return tuple(sorted((*grid, float(f"{beyond:.3g}"))))
 
 
 def final_cells(study: Study, task: Task, chosen: dict[str, float | None]) -> list[Cell]:
@@ -110,69 +126,68 @@ def final_cells(study: Study, task: Task, chosen: dict[str, float | None]) -> li
 
 
 def cell_count(study: Study) -> int:
-    """Cells of the whole study (finals counted whatever rate is chosen)."""
-    trained = sum(m.trains for m in study.methods)
-    per_task = trained * len(study.learning_rates) + len(study.methods) * len(study.seeds)
-    return per_task * len(study.tasks)
+    """Cells of the whole study before any grid extension (finals counted whatever rate is chosen)."""
+    tuning = sum(len(study.first_grid(m)) for m in study.methods if m.trains) * len(study.tuning_seeds)
+    return (tuning + len(study.methods) * len(study.seeds)) * len(study.tasks)
 
 
-def glue_task(name: str, folder: str, max_length: int, dev_rows: int, train_rows: int, held_out: int, steps: int) -> Task:
-    return Task(name, (f"dataset={name}", f"dataset.path=${{paths.data_dir}}/glue/{folder}",
+def glue_task(name: str, folder: str, max_length: int, train_rows: int, held_out: int, steps: int, dev_rows: int) -> Task:
+    """A GLUE task of the study: trained on a subset of train.tsv in the chat template, selected on rows
+    held out of it, scored on the whole dev set."""
+    return Task(name, (f"dataset={name}", f"dataset.path=${{paths.data_dir}}/glue/{folder}", "dataset.chat_template=true",
                        f"dataset.max_train_samples={train_rows}", f"dataset.eval_size={held_out}",
                        f"model.max_length={max_length}", f"model.max_steps={steps}"),
-                "glue", ("eval=glue", "eval.glue.split=dev", f"eval.glue.limit={dev_rows}", "eval.glue.subset_seed=0"),
-                f"dev, a fixed sample of {dev_rows} rows (seed 0)")
+                "glue", ("eval=glue", "eval.glue.split=dev"), f"the whole dev set ({dev_rows} rows)")
 
 
 def study_methods() -> tuple[Method, ...]:
+    """The paper's roster. Each family starts on its own grid (three rates, ×4 apart; an edge choice
+    extends it): the preconditioned optimizer takes larger steps' worth of rate, SVD-initialised
+    adapters (PiSSA, LoRA-GA) and full fine-tuning smaller."""
     lora_one = ("init=gradient", "init.direction=LoRA-One")
-    return (Method("LoRA", ("init=default",)),
-            Method("LoRA-GA", ("init=gradient", "init.direction=LoRA-GA"), gradient_init=True),
-            Method("PiSSA", ("init=pissa", "init.niter=4")),
-            Method("LoRA-One", lora_one, gradient_init=True),
-            Method("LoRA-One + scaled_adamw", (*lora_one, "optim=scaled_adamw"), gradient_init=True),
+    return (Method("LoRA", ("init=default",), learning_rates=(6.25e-4, 2.5e-3, 1e-2)),
+            Method("LoRA-GA", ("init=gradient", "init.direction=LoRA-GA"), gradient_init=True,
+                   learning_rates=(1.5625e-4, 6.25e-4, 2.5e-3)),
+            Method("PiSSA", ("init=pissa", "init.niter=4"), learning_rates=(1.5625e-4, 6.25e-4, 2.5e-3)),
+            Method("LoRA-One", lora_one, gradient_init=True, learning_rates=(6.25e-4, 2.5e-3, 1e-2)),
+            Method("LoRA-One + scaled_adamw", (*lora_one, "optim=scaled_adamw"), gradient_init=True,
+                   learning_rates=(2.5e-3, 1e-2, 4e-2)),
+            Method("Full FT", ("peft=none", "init=default"), learning_rates=(9.765625e-6, 3.90625e-5, 1.5625e-4)),
             Method("spectral init only", (*lora_one, "model.max_steps=0"), trains=False, gradient_init=True))
 
 
 def cpu_study() -> Study:
-    """The study `python scripts/reproduce.py cpu` runs (sizing in the module docstring)."""
-    steps, gsm8k_steps, batch, train_rows, held_out, gsm8k_held_out, dev_rows, test_rows, curve_every = \
-        16, 8, 4, 512, 16, 8, 96, 10, 4
-    gsm8k = Task("gsm8k", ("dataset=gsm8k", "dataset.path=${paths.data_dir}/gsm8k/train.jsonl",
-                           f"dataset.max_train_samples={train_rows}", f"dataset.eval_size={gsm8k_held_out}",
-                           "model.max_length=128", f"model.max_steps={gsm8k_steps}"),
-                 "gsm8k", ("eval=gsm8k", f"eval.gsm8k.limit={test_rows}", "eval.gsm8k.max_new_tokens=96"),
-                 f"test, the first {test_rows} questions")
+    """The study `python scripts/reproduce.py cpu` runs (why this size: the module docstring)."""
+    steps, batch, train_rows, held_out, curve_every = 100, 4, 2048, 128, 20
     return Study(
         common=("model=smollm2_135m", "peft=qv", f"model.per_device_batch_size={batch}",
                 f"model.real_batch_size={batch}", "wandb.mode=disabled", "checkpoint.every_n_steps=0"),
-        gradient_init=("init.bsz=4", "init.iters=1", "init.svd=lowrank", "init.svd_q=24", "init.svd_niter=4"),
-        tasks=(glue_task("sst2", "SST-2", 64, dev_rows, train_rows, held_out, steps),
-               glue_task("cola", "CoLA", 64, dev_rows, train_rows, held_out, steps),
-               glue_task("mrpc", "MRPC", 128, dev_rows, train_rows, held_out, steps),
-               gsm8k),
+        gradient_init=("init.bsz=4", "init.iters=2", "init.svd=lowrank", "init.svd_q=32", "init.svd_niter=4"),
+        tasks=(glue_task("sst2", "SST-2", 64, train_rows, held_out, steps, 872),
+               glue_task("cola", "CoLA", 64, train_rows, held_out, steps, 1043)),
         methods=study_methods(),
-        learning_rates=(5e-4, 2.5e-3, 1e-2),
-        seeds=(1, 2, 3),
-        tuning_seed=0,
+        learning_rates=(6.25e-4, 2.5e-3, 1e-2),
+        seeds=(1, 2, 3, 4, 5),
+        tuning_seeds=(11, 12),
         curve_every=curve_every,
-        sizing={"model": "SmolLM2-135M-Instruct (the offline Q4_1 GGUF, de-quantised), fp32, CPU",
-                "adapters": "LoRA r=8, alpha=16 on q_proj and v_proj (peft=qv)",
-                "training": f"{steps} optimizer steps (GSM8K {gsm8k_steps}), batch {batch}, cosine schedule, "
-                            f"3 % warm-up; a subset of {train_rows} training rows",
-                "lengths": "max_length 64 (SST-2, CoLA), 128 (MRPC, GSM8K)",
-                "gradient init": "G from 4 examples, randomized SVD (q=24, 4 power iterations); "
-                                 "PiSSA: PEFT's pissa_niter_4",
-                "learning-rate grid": "5e-4, 2.5e-3, 1e-2 for every trained method, at seed 0 (a first "
-                                      "grid 1e-4, 5e-4, 2.5e-3 put every method on SST-2 at its top: 16 steps "
-                                      "want large rates)",
-                "selection": f"lowest held-out loss on {held_out} rows (GSM8K {gsm8k_held_out}) kept out of the training file "
-                             "(dataset.eval_size; never dev or test)",
-                "loss curves": f"seed runs: that held-out loss after the init and every {curve_every} steps",
-                "time budget": "one core: ≈3 s per held-out pass, ≈3 s per training step (GLUE; GSM8K ≈5 s), "
-                               "≈0.45 s per scored dev row, with two single-threaded workers side by side "
-                               "(`--workers 2`); the 132 cells come near 90 min only at these sizes; the full "
-                               "GLUE dev sets (2 323 rows) would add ≈15 min per method and seed",
-                "seeds": "1, 2, 3 at the chosen rate",
-                "benchmarks": f"GLUE dev: a fixed sample of {dev_rows} rows (seed 0) per task; "
-                              f"GSM8K test: the first {test_rows} questions, greedy, ≤ 96 new tokens"})
+        grid_extensions=2,
+        threads=1,
+        sizing={"model": "SmolLM2-135M-Instruct (the offline Q4_1 GGUF, de-quantised), fp32, CPU, one torch thread per run",
+                "prompts": "the tokenizer's chat template (dataset.chat_template=true): the sentence as the user's turn, "
+                           "ending with the label words to answer with; the label word as the assistant's turn",
+                "adapters": "LoRA r=8, alpha=16 on q_proj and v_proj (peft=qv); Full FT trains every weight",
+                "training": f"{steps} optimizer steps, batch {batch}, cosine schedule, 3 % warm-up, from a subset of "
+                            f"{train_rows} training rows; max_length 64",
+                "gradient init": "G from 2 × 4 examples, randomized SVD (q=32, 4 power iterations); PiSSA: PEFT's pissa_niter_4",
+                "learning rates": "a grid per method family (three rates ×4 apart), extended by one rate beyond an edge "
+                                  "choice, at most twice",
+                "selection": f"lowest mean held-out loss over tuning seeds 11 and 12, on {held_out} rows kept out of "
+                             "the training file (dataset.eval_size; never dev); the seed runs use other seeds",
+                "loss curves": f"seed runs: the held-out loss after the init and every {curve_every} steps",
+                "seeds": "1-5 at the chosen rate; a seed fixes the data order, the init batches and the held-out rows "
+                         "for every method alike, so methods are compared seed by seed (paired)",
+                "benchmarks": "GLUE dev, every row (SST-2 872, CoLA 1043), each label word scored from one shared "
+                              "prompt pass (eval/glue.py)",
+                "not in this study": "MRPC (its rows are twice as long: twice the cost per step) and GSM8K (the base "
+                                     "model solves 0 of 10 test questions, and a row is 4× longer); the paper-scale "
+                                     "commands (`reproduce.py paper`) run both"})

@@ -1,316 +1,349 @@
-"""From the study's run directories to REPRODUCTION.md: per task, the table (method | lr chosen |
-metric mean ± std over seeds | held-out loss | steps | wall time | published), the learning-rate
-selection behind it, and one verdict line per claim, all computed from the results.json files.
+"""From a study's committed records (records.py) to REPRODUCTION.md and its figures, and nothing else:
+a fresh clone regenerates both byte for byte (no clock, no host name, no path outside the records).
 
-Statistics: mean and sample standard deviation over seeds; 95 % confidence intervals are Student-t
-intervals mean ± t(0.975, n−1)·s/√n (n seeds). A cell with fewer finished seeds than planned says
-so; one with none is marked missing."""
+Per task: the table (per method: the rate chosen on held-out training rows, the benchmark metric and
+the held-out loss as mean ± std over seeds with each one's paired difference to LoRA and its 95 %
+interval, degenerate runs, steps, wall time, the published number) under a majority-class baseline
+row, the per-seed values, the learning-rate selection, the loss-curve comparison and one verdict line
+per claim. Statistics are those of stats.py; "resolved" means a paired 95 % interval that excludes 0."""
 import datetime
-import math
-import platform
+import re
 import statistics
 from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Callable
 
-from lora_one.reproduce.plan import Study, Task, final_cells, tuning_cells
+from lora_one.reproduce import stats
+from lora_one.reproduce.plan import Cell, Study, Task, final_cells, tuning_cells
+from lora_one.reproduce.records import curve, degenerate, held_out, mean_curve, metric, metric_name, wall_seconds
 from lora_one.reproduce.published import published_cell, published_table
-from lora_one.reproduce.runner import choose_learning_rates, read_results
+from lora_one.reproduce.runner import choose_learning_rates, grid_losses, tuning_plan
 
-# Two-sided 95 % Student-t critical values t(0.975, df), df = 1..10; beyond, the normal 1.96.
-T_975 = (12.706, 4.303, 3.182, 2.776, 2.571, 2.447, 2.365, 2.306, 2.262, 2.228)
 METRIC_NAMES = {"accuracy": "accuracy (%)", "matthews_correlation": "Matthews corr. (×100)", "f1": "F1 (%)"}
+METRIC_RANGE = {"matthews_correlation": (-100.0, 100.0)}  # in the table's units; others 0-100
 SPECTRAL_ONLY, LORA, LORA_ONE = "spectral init only", "LoRA", "LoRA-One"
+CELLS_MARKER = re.compile(r"<!-- records: (\d+) -->")
 
 
 @dataclass
 class MethodRuns:
     method: str
-    learning_rate: float | None  # chosen on the validation split; None: untrained, or no tuning run finished
+    learning_rate: float | None  # chosen on held-out training rows; None: untrained, or tuning unfinished
     trains: bool
     planned: int                 # seeds planned
-    grid: tuple[int, int] = (0, 0)  # (tuning runs finished, grid size)
-    runs: list[dict] = field(default_factory=list)  # the finished seed runs' results
+    grid: dict[float, float | None] = field(default_factory=dict)  # rate → mean held-out loss at the tuning seeds
+    runs: dict[int, dict] = field(default_factory=dict)  # seed → the finished seed run's record
+
+    def values(self, read: Callable[[dict], float | None]) -> dict[int, float]:
+        return {seed: v for seed, record in self.runs.items() if (v := read(record)) is not None}
 
 
 @dataclass
 class TaskRuns:
     task: Task
-    held_out_losses: dict[str, dict[float, float | None]]  # tuning: method → rate → held-out loss (None: not finished)
     methods: list[MethodRuns]
-    tuning_runs: list[dict] = field(default_factory=list)  # the finished tuning runs' results
+    tuning_records: list[dict]
+    label_words: list[str]
 
     def of(self, method: str) -> MethodRuns | None:
         return next((m for m in self.methods if m.method == method and m.runs), None)
 
 
-def collect(study: Study, root: Path) -> list[TaskRuns]:
-    """What has finished under `root`, arranged by task and method (the rate chosen as the runner does)."""
+def collect(study: Study, record_of: Callable[[Cell], dict | None], label_words: Callable[[str], list[str]]) -> list[TaskRuns]:
+    """The finished cells (`record_of` a cell → its record or None), arranged by task and method, the
+    rates chosen as the runner chooses them."""
     tasks = []
     for task in study.tasks:
-        tuning = [(cell, read_results(root, cell)) for cell in tuning_cells(study, task)]
-        chosen = choose_learning_rates(tuning)
-        losses = {}
-        for cell, results in tuning:
-            losses.setdefault(cell.method, {})[cell.learning_rate] = None if results is None else results["eval_loss"]
-        methods = [MethodRuns(m.name, chosen.get(m.name), m.trains, len(study.seeds),
-                              (sum(v is not None for v in losses.get(m.name, {}).values()), len(losses.get(m.name, {}))))
+        grids, _ = tuning_plan(study, task, record_of)
+        losses = grid_losses(study, task, record_of, grids)
+        chosen = choose_learning_rates(study, task, record_of, grids)
+        methods = [MethodRuns(m.name, chosen.get(m.name), m.trains, len(study.seeds), losses.get(m.name, {}))
                    for m in study.methods]
         for cell in final_cells(study, task, chosen):
-            results = read_results(root, cell)
-            if results is not None:
-                next(m for m in methods if m.method == cell.method).runs.append(results)
-        tasks.append(TaskRuns(task, losses, methods, [results for _, results in tuning if results is not None]))
+            if (record := record_of(cell)) is not None:
+                next(m for m in methods if m.method == cell.method).runs[cell.seed] = record
+        tuning = [r for cell in tuning_cells(study, task, grids) if (r := record_of(cell)) is not None]
+        tasks.append(TaskRuns(task, methods, tuning, label_words(task.name) if task.benchmark == "glue" else []))
     return tasks
 
 
-def metric_of(results: dict, benchmark: str) -> tuple[str, float]:
-    """(name, value) of the benchmark's headline metric: GLUE's main_metric (per task), else accuracy."""
-    metrics = results["eval"][benchmark]
-    name = metrics.get("main_metric", "accuracy")
-    return name, metrics[name]
+def metric_label(runs: TaskRuns) -> str:
+    finished = [r for m in runs.methods for r in m.runs.values()]
+    if not finished:
+        return "metric"
+    name = metric_name(finished[0], runs.task.benchmark)
+    return METRIC_NAMES.get(name, name)
 
 
-def mean_std(values: list[float]) -> tuple[float, float]:
-    return statistics.fmean(values), statistics.stdev(values) if len(values) > 1 else 0.0
+def metric_range(runs: TaskRuns) -> tuple[float, float]:
+    finished = [r for m in runs.methods for r in m.runs.values()]
+    return METRIC_RANGE.get(metric_name(finished[0], runs.task.benchmark), (0.0, 100.0)) if finished else (0.0, 100.0)
 
 
-def confidence_interval(values: list[float]) -> tuple[float, float]:
-    """95 % Student-t interval of the mean; a single value is its own (degenerate) interval."""
-    mean, std = mean_std(values)
-    n = len(values)
-    if n < 2:
-        return mean, mean
-    half = (T_975[n - 2] if n - 1 <= len(T_975) else 1.96) * std / math.sqrt(n)
-    return mean - half, mean + half
+def majority_baseline(runs: TaskRuns) -> tuple[str, float, int] | None:
+    """(the majority label, its metric in percent, rows) on the scored dev rows, from their gold labels
+    (the same rows in every run); None for a task without per-class counts."""
+    from lora_one.eval.glue import task_metrics
+
+    finished = [r for m in runs.methods for r in m.runs.values()]
+    if runs.task.benchmark != "glue" or not finished or "gold_counts" not in finished[0]["eval"]["glue"]:
+        return None
+    scored = finished[0]["eval"]["glue"]
+    gold = [word for word in runs.label_words for _ in range(scored["gold_counts"].get(word, 0))]
+    label = stats.majority_label(scored["gold_counts"], runs.label_words)
+    metrics = task_metrics(runs.task.name, runs.label_words, gold, [label] * len(gold))
+    return label, 100 * metrics[scored["main_metric"]], len(gold)
 
 
-def wall_seconds(results: dict) -> float:
-    record = results["provenance"]
-    return (datetime.datetime.fromisoformat(record["end"]) - datetime.datetime.fromisoformat(record["start"])).total_seconds()
+# --- tables
 
 
-def scores(method: MethodRuns, task: Task) -> list[float]:
-    return [metric_of(r, task.benchmark)[1] for r in method.runs]
+def pm(values: list[float], digits: int) -> str:
+    mean, std = stats.mean_std(values)
+    return f"{mean:.{digits}f} ± {std:.{digits}f}"
 
 
-def seeds_note(method: MethodRuns) -> str:
-    return "" if len(method.runs) == method.planned else f" ({len(method.runs)} of {method.planned} seeds)"
+def paired_text(difference: stats.Paired | None, digits: int) -> str:
+    if difference is None or difference.n < 2:
+        return "–"
+    mark = " ✓" if difference.resolved else ""
+    return f"{difference.mean:+.{digits}f} [{difference.low:+.{digits}f}, {difference.high:+.{digits}f}]{mark}"
 
 
 def rate_text(method: MethodRuns) -> str:
     if not method.trains:
         return "– (no step)"
     if method.learning_rate is None:
-        return "**missing** (no tuning run finished)"
-    finished, size = method.grid
-    return f"{method.learning_rate:g}" + ("" if finished == size else f" (provisional: {finished} of {size} grid points)")
+        return "**missing** (tuning unfinished)"
+    rates = sorted(method.grid)
+    edge = " (grid edge)" if len(rates) > 1 and method.learning_rate in (rates[0], rates[-1]) else ""
+    return f"{method.learning_rate:g}{edge}"
 
 
-def table_row(method: MethodRuns, task: Task) -> str:
-    published = published_cell(task.name, method.method)
+def table_row(method: MethodRuns, runs: TaskRuns, lora: MethodRuns | None) -> str:
+    benchmark = runs.task.benchmark
+    published = published_cell(runs.task.name, method.method)
     if not method.runs:
-        missing = f"**missing** (0 of {method.planned} seeds)"
-        return f"| {method.method} | {rate_text(method)} | {missing} | – | – | – | {published} |"
-    mean, std = mean_std([100 * v for v in scores(method, task)])
-    loss_mean, loss_std = mean_std([r["eval_loss"] for r in method.runs])
-    steps = "/".join(str(s) for s in sorted({r["steps"] for r in method.runs}))
-    wall = statistics.fmean(wall_seconds(r) for r in method.runs)
-    return (f"| {method.method} | {rate_text(method)} | {mean:.2f} ± {std:.2f}{seeds_note(method)} | "
-            f"{loss_mean:.4f} ± {loss_std:.4f} | {steps} | {wall:.0f} s | {published} |")
-
-
-def metric_label(runs: TaskRuns) -> str:
-    finished = [r for m in runs.methods for r in m.runs]
-    if not finished:
-        return "metric"
-    name = metric_of(finished[0], runs.task.benchmark)[0]
-    return METRIC_NAMES.get(name, name)
+        return f"| {method.method} | {rate_text(method)} | **missing** (0 of {method.planned} seeds) | – | – | – | – | – | – | {published} |"
+    scores, losses = method.values(metric(benchmark)), method.values(held_out)
+    reference = (lambda read: lora.values(read)) if lora is not None and lora is not method else (lambda read: {})
+    n = f" (n={len(method.runs)}{'' if len(method.runs) == method.planned else f' of {method.planned}'})"
+    constant = sum(degenerate(r, benchmark) for r in method.runs.values()) if benchmark == "glue" else None
+    steps = "/".join(str(s) for s in sorted({r["steps"] for r in method.runs.values()}))
+    wall = statistics.fmean(wall_seconds(r) for r in method.runs.values())
+    return (f"| {method.method} | {rate_text(method)} | {pm(list(scores.values()), 2)}{n} | "
+            f"{paired_text(stats.paired_difference(scores, reference(metric(benchmark))), 2)} | "
+            f"{pm(list(losses.values()), 4)} | {paired_text(stats.paired_difference(losses, reference(held_out)), 4)} | "
+            f"{'–' if constant is None else f'{constant} of {len(method.runs)}'} | {steps} | {wall:.0f} s | {published} |")
 
 
 def task_table(runs: TaskRuns) -> str:
-    header = (f"| method | lr chosen | {metric_label(runs)}, mean ± std over seeds | held-out loss | steps | "
-              f"wall time per run | published, paper scale |")
-    lines = [header, "|---|---:|---:|---:|---:|---:|---|"]
-    lines += [table_row(method, runs.task) for method in runs.methods]
+    lines = [f"| method | lr chosen | {metric_label(runs)}, mean ± std | Δ vs LoRA, paired [95 % CI] | held-out loss | "
+             "Δ loss vs LoRA, paired [95 % CI] | one-class runs | steps | wall time per run | published, paper scale |",
+             "|---|---:|---:|---:|---:|---:|---:|---:|---:|---|"]
+    if (baseline := majority_baseline(runs)) is not None:
+        label, value, rows = baseline
+        lines.append(f"| majority class (always `{label}`, no run) | – | {value:.2f} | – | – | – | – | – | – | – |")
+    lora = runs.of(LORA)
+    lines += [table_row(method, runs, lora) for method in runs.methods]
     return "\n".join(lines) + "\n"
 
 
-def tuning_table(runs: TaskRuns) -> str:
-    """The held-out loss of every grid point (the chosen one in bold)."""
-    rates = sorted({rate for by_rate in runs.held_out_losses.values() for rate in by_rate})
+def per_seed_table(runs: TaskRuns) -> str:
+    """Every seed run's metric and held-out loss, in a collapsible block."""
+    seeds = sorted({seed for m in runs.methods for seed in m.runs})
+    if not seeds:
+        return ""
+    lines = ["| method | " + " | ".join(f"seed {s}" for s in seeds) + " |", "|---|" + "---:|" * len(seeds)]
+    for method in (m for m in runs.methods if m.runs):
+        cells = []
+        for seed in seeds:
+            record = method.runs.get(seed)
+            if record is None:
+                cells.append("–")
+                continue
+            loss = held_out(record)
+            text = f"{metric(runs.task.benchmark)(record):.2f} / {'diverged' if loss is None else f'{loss:.4f}'}"
+            cells.append(text + (" (one class)" if runs.task.benchmark == "glue" and degenerate(record, "glue") else ""))
+        lines.append(f"| {method.method} | " + " | ".join(cells) + " |")
+    return (f"<details><summary>Per seed: {metric_label(runs)} / held-out loss</summary>\n\n" + "\n".join(lines)
+            + "\n\n</details>\n")
+
+
+def tuning_table(runs: TaskRuns, tuning_seeds: tuple[int, ...]) -> str:
+    """The mean held-out loss of every grid point (the chosen one in bold)."""
+    trained = [m for m in runs.methods if m.trains]
+    rates = sorted({rate for m in trained for rate in m.grid})
+    if not rates:
+        return ""
     lines = ["| method | " + " | ".join(f"lr {r:g}" for r in rates) + " |", "|---|" + "---:|" * len(rates)]
-    for method, by_rate in runs.held_out_losses.items():
-        chosen = next(m.learning_rate for m in runs.methods if m.method == method)
+    for method in trained:
         cells = []
         for rate in rates:
-            loss = by_rate.get(rate)
-            text = "missing" if loss is None else f"{loss:.4f}"
-            cells.append(f"**{text}**" if rate == chosen and loss is not None else text)
-        lines.append(f"| {method} | " + " | ".join(cells) + " |")
-    return "\n".join(lines) + "\n" + grid_edge_note(runs, rates)
+            loss = method.grid.get(rate, "not in grid")
+            text = "missing" if loss is None else loss if isinstance(loss, str) else f"{loss:.4f}"
+            cells.append(f"**{text}**" if rate == method.learning_rate else text)
+        lines.append(f"| {method.method} | " + " | ".join(cells) + " |")
+    seeds = ", ".join(str(s) for s in tuning_seeds)
+    at_edge = [m.method for m in trained if m.learning_rate is not None and "grid edge" in rate_text(m)]
+    note = (f"\nChosen at the grid's edge after its extensions, so the best rate may lie beyond it: {', '.join(at_edge)}.\n"
+            if at_edge else "")
+    return (f"Learning-rate selection: the held-out loss (rows kept out of the training file, never dev or test), "
+            f"mean over tuning seeds {seeds}; the chosen rate in bold.\n\n" + "\n".join(lines) + "\n" + note)
 
 
-def grid_edge_note(runs: TaskRuns, rates: list[float]) -> str:
-    """Methods whose chosen rate is the grid's lowest or highest: their best rate may lie outside it."""
-    edges = {rates[0]: "lowest", rates[-1]: "highest"} if len(rates) > 1 else {}
-    at_edge = [f"{m.method} ({edges[m.learning_rate]})" for m in runs.methods if m.learning_rate in edges]
-    if not at_edge:
+def curve_table(runs: TaskRuns) -> str:
+    """Per trained method: the first evaluated step whose mean held-out curve reaches LoRA's final mean
+    held-out loss, and the held-out loss averaged over training (area under the curve / steps)."""
+    lora = runs.of(LORA)
+    if lora is None:
         return ""
-    return (f"\nChosen at the grid's edge, so the best rate may lie beyond it: {', '.join(at_edge)}.\n")
+    target = statistics.fmean(runs.of(LORA).values(held_out).values())
+    lines = [f"Target: LoRA's final mean held-out loss, {target:.4f}. A step is the first evaluated step at or below "
+             "it on the method's mean curve over seeds (so a crossing lies within one evaluation interval before it).\n",
+             "| method | first step at target | held-out loss averaged over training |", "|---|---:|---:|"]
+    for method in (m for m in runs.methods if m.runs):
+        points = mean_curve(list(method.runs.values()))
+        step = stats.first_step_at_or_below(points, target)
+        average = stats.mean_over_steps(points)
+        lines.append(f"| {method.method} | {'not reached' if step is None else step} | "
+                     f"{'–' if average is None else f'{average:.4f}'} |")
+    return "\n".join(lines) + "\n"
+
+
+# --- verdicts
 
 
 def verdict_init_alone(runs: TaskRuns) -> str:
-    """(a) the spectral init alone (no step) vs the base model, on the held-out rows."""
+    """(a) the spectral init alone (no step) vs the base model, on the held-out rows, paired by seed."""
     method = runs.of(SPECTRAL_ONLY)
     if method is None:
         return "(a) init alone lowers held-out loss: **not measured** (no spectral-init-only run finished)."
-    base = [r["eval_loss_base"] for r in method.runs]
-    init = [r["eval_loss_after_init"] for r in method.runs]
-    lower = sum(i < b for b, i in zip(base, init))
-    verdict = "yes" if lower == len(base) else "no" if lower == 0 else "mixed"
-    change = 100 * (statistics.fmean(init) / statistics.fmean(base) - 1)
-    return (f"(a) init alone lowers held-out loss: **{verdict}**: base {statistics.fmean(base):.4f} → after the "
-            f"LoRA-One init, no step {statistics.fmean(init):.4f} ({change:+.1f} %), lower in {lower} of {len(base)} seeds.")
+    base = method.values(lambda r: r["eval_loss_base"])
+    init = method.values(lambda r: r["eval_loss_after_init"])
+    difference = stats.paired_difference(init, base)
+    verdict = "yes (resolved)" if difference.resolved and difference.high < 0 else \
+        "no (resolved: higher)" if difference.resolved else "not resolved"
+    return (f"(a) init alone lowers held-out loss: **{verdict}**: base {statistics.fmean(base.values()):.4f} → after the "
+            f"LoRA-One init, no step {statistics.fmean(init.values()):.4f}; paired difference "
+            f"{paired_text(difference, 4)} over {difference.n} seeds.")
 
 
-def held_out_by_step(method: MethodRuns) -> list[tuple[int, list[float]]]:
-    """(step, the seeds' held-out losses at it) for every step some seed's `eval_loss_curve` evaluated,
-    in step order: a seed cut short adds nothing beyond its last step."""
-    by_step: dict[int, list[float]] = {}
-    for results in method.runs:
-        for step, loss in results.get("eval_loss_curve", []):
-            by_step.setdefault(step, []).append(loss)
-    return sorted(by_step.items())
-
-
-def mean_curve(method: MethodRuns) -> list[tuple[int, float]]:
-    """(step, mean held-out loss over the seeds that evaluated that step), in step order."""
-    return [(step, statistics.fmean(losses)) for step, losses in held_out_by_step(method)]
-
-
-def steps_to_reach(curve: list[tuple[int, float]], target: float) -> int | None:
-    """The first evaluated step whose loss is at most `target` (0: the init alone); None if never."""
-    return next((step for step, loss in curve if loss <= target), None)
-
-
-def verdict_speed(runs: TaskRuns) -> str:
-    """(b) steps LoRA-One needs to reach LoRA's final held-out loss, over LoRA's step count. Both sides
-    are held-out losses, means over seeds: the target is LoRA's final one, LoRA-One's curve is measured
-    every `eval_loss_every` steps, so the step found is an upper bound: the crossing lies after the
-    evaluated step before it."""
-    claim = "(b) steps LoRA-One needs to reach LoRA's final held-out loss"
+def verdict_speed(runs: TaskRuns, curve_every: int) -> str:
+    """(b), symmetric: for LoRA's final mean held-out loss as the common target, the first evaluated step
+    at which each mean curve reaches it, and their ratio."""
+    claim = "(b) steps to reach LoRA's final held-out loss, LoRA-One vs LoRA"
     lora, one = runs.of(LORA), runs.of(LORA_ONE)
-    one_curve = mean_curve(one) if one else []
-    if lora is None or not one_curve:
+    if lora is None or one is None or len(mean_curve(list(lora.runs.values()))) < 2:
         return f"{claim}: **not measured** (LoRA or LoRA-One runs, or their held-out loss curves, missing)."
-    target, total = statistics.fmean(r["eval_loss"] for r in lora.runs), max(r["steps"] for r in lora.runs)
-    measured = (f"LoRA's final held-out loss is {target:.4f} at step {total} (mean over {len(lora.runs)} seeds); "
-                f"LoRA-One (its own chosen lr, mean over seeds) ")
-    step = steps_to_reach(one_curve, target)
-    if step is None:
-        last_step, last_loss = one_curve[-1]
-        return f"{claim}: **not reached** in {last_step} steps: {measured}ends at {last_loss:.4f}."
-    ratio = f"**{step} / {total} = {step / total:.2f}×** LoRA's steps"
-    loss = dict(one_curve)[step]
-    if step == 0:
-        return f"{claim}: {ratio}: {measured}is at {loss:.4f} after the init alone, before any step."
-    every = max(b - a for (a, _), (b, _) in zip(one_curve, one_curve[1:]))
-    return (f"{claim}: {ratio}: {measured}is at {loss:.4f} at step {step}. The held-out loss is measured every "
-            f"{every} steps, so step {step} is an upper bound, within {every} steps.")
+    target = statistics.fmean(lora.values(held_out).values())
+    lora_step = stats.first_step_at_or_below(mean_curve(list(lora.runs.values())), target)
+    one_step = stats.first_step_at_or_below(mean_curve(list(one.runs.values())), target)
+    resolution = f"the curves are measured every {curve_every} steps, so each step is exact to within {curve_every}"
+    if one_step is None:
+        return f"{claim}: LoRA-One **does not reach** {target:.4f}; LoRA reaches it at step {lora_step} ({resolution})."
+    ratio = f"{one_step / lora_step:.2f}×" if lora_step else "–"
+    return (f"{claim}: LoRA-One at step **{one_step}**, LoRA at step **{lora_step}** (ratio {ratio}; target {target:.4f}, "
+            f"LoRA's mean final held-out loss; {resolution}).")
 
 
 def verdict_ranking(runs: TaskRuns) -> str:
-    """(c) methods by mean metric, and which 95 % intervals overlap the best one's."""
-    ranked = sorted((m for m in runs.methods if m.runs), key=lambda m: -statistics.fmean(scores(m, runs.task)))
-    if len(ranked) < 2:
-        return "(c) ranking: **not measured** (fewer than two methods finished)."
-    intervals = {m.method: confidence_interval(scores(m, runs.task)) for m in ranked}
-    best_low = intervals[ranked[0].method][0]
-    overlapping = [m.method for m in ranked[1:] if intervals[m.method][1] >= best_low]
-    separated = [m.method for m in ranked[1:] if m.method not in overlapping]
-    order = " > ".join(f"{m.method} ({100 * statistics.fmean(scores(m, runs.task)):.2f})" for m in ranked)
-    overlap = (f"the best one's 95 % CI overlaps those of: {', '.join(overlapping) or 'none'}; "
-               f"clearly below it: {', '.join(separated) or 'none'}")
-    return f"(c) ranking: {order}; {overlap}."
+    """(c) per method the paired difference to LoRA on the benchmark metric: resolved or not; methods
+    with one-class runs and the majority baseline said beside."""
+    lora = runs.of(LORA)
+    benchmark = runs.task.benchmark
+    others = [m for m in runs.methods if m.runs and m is not lora]
+    if lora is None or not others:
+        return "(c) benchmark vs LoRA: **not measured** (LoRA or every other method unfinished)."
+    parts = []
+    for method in others:
+        difference = stats.paired_difference(method.values(metric(benchmark)), lora.values(metric(benchmark)))
+        word = ("better" if difference.mean > 0 else "worse") + " (resolved)" if difference.resolved else "tie (not resolved)"
+        constant = sum(degenerate(r, benchmark) for r in method.runs.values()) if benchmark == "glue" else 0
+        parts.append(f"{method.method} {word}, {paired_text(difference, 2)}"
+                     + (f", {constant} of {len(method.runs)} runs one-class" if constant else ""))
+    text = "(c) benchmark vs LoRA, paired over seeds: " + "; ".join(parts) + "."
+    if (baseline := majority_baseline(runs)) is not None:
+        above = [m.method for m in runs.methods if m.runs and
+                 stats.confidence_interval(list(m.values(metric(benchmark)).values()))[0] > baseline[1]]
+        text += (f" Clearly above the majority class ({baseline[1]:.2f}; the 95 % interval of the mean above it): "
+                 f"{', '.join(above) or 'none'}.")
+    return text
 
 
-def finished_runs(tasks: list[TaskRuns]) -> list[dict]:
-    """Every finished run's results, tuning and seed runs."""
-    return [r for t in tasks for r in t.tuning_runs + [r for m in t.methods for r in m.runs]]
+# --- the document
 
 
-def provenance_lines(tasks: list[TaskRuns]) -> list[str]:
-    """The machine, code and packages of the finished runs, once (distinct values counted)."""
-    records = [r["provenance"] for r in finished_runs(tasks) if r.get("provenance")]
+def provenance_lines(records: list[dict]) -> list[str]:
     if not records:
         return ["- no run has finished yet"]
 
     def counted(values) -> str:
         counts = Counter(values)
-        return ", ".join(f"{v} ({n} runs)" if len(counts) > 1 else str(v) for v, n in counts.items())
+        return ", ".join(f"{v} ({n} runs)" if len(counts) > 1 else str(v) for v, n in sorted(counts.items()))
 
-    commits = counted(f"{(r['git'] or {}).get('commit', '')[:12]}{' + uncommitted changes' if (r['git'] or {}).get('dirty') else ''}"
-                      for r in records)
-    packages = counted(", ".join(f"{k} {v}" for k, v in r["packages"].items() if v) for r in records)
-    machine = counted(f"{r.get('cpu')}, {r.get('torch_threads')} torch threads, host {r.get('hostname')}" for r in records)
-    return [f"- machine: {machine}", f"- code: commit {commits}", f"- python {counted(r['python'] for r in records)}; "
-            f"{packages}", f"- runs from {min(r['start'] for r in records)} to {max(r['end'] for r in records)}"]
+    provenance = [r["provenance"] for r in records]
+    return [f"- code: state {counted(r['code']['digest'] for r in records)}, computed at commit "
+            f"{counted(r['code']['commit'][:12] + (' + uncommitted changes' if r['code']['dirty'] else '') for r in records)}",
+            f"- machine: {counted(machine(p) for p in provenance)}",
+            f"- python {counted(p['python'] for p in provenance)}; "
+            f"{counted(', '.join(f'{k} {v}' for k, v in sorted(p['packages'].items()) if v) for p in provenance)}",
+            f"- runs from {min(p['start'] for p in provenance)} to {max(p['end'] for p in provenance)}"]
+
+
+def machine(provenance: dict) -> str:
+    return f"{provenance.get('cpu')}, {provenance.get('torch_threads')} torch threads"
 
 
 def status_lines(study: Study, tasks: list[TaskRuns]) -> list[str]:
-    finished_tuning = sum(loss is not None for t in tasks for by in t.held_out_losses.values() for loss in by.values())
-    planned_tuning = sum(len(by) for t in tasks for by in t.held_out_losses.values())
-    finished_final = sum(len(m.runs) for t in tasks for m in t.methods)
+    planned_tuning = sum(len(m.grid) for t in tasks for m in t.methods) * len(study.tuning_seeds)
+    finished_tuning = sum(len(t.tuning_records) for t in tasks)
     planned_final = len(study.tasks) * len(study.methods) * len(study.seeds)
-    lines = [f"- tuning runs finished: {finished_tuning} of {planned_tuning}; seed runs finished: "
-             f"{finished_final} of {planned_final}"]
+    finished_final = sum(len(m.runs) for t in tasks for m in t.methods)
     missing = [f"{t.task.name} {m.method} ({m.planned - len(m.runs)} seeds)" for t in tasks for m in t.methods
                if len(m.runs) < m.planned]
-    lines.append("- missing: " + ("; ".join(missing) if missing else "nothing: every cell is filled from real runs"))
-    trained = [r for r in finished_runs(tasks) if r.get("steps")]
+    lines = [f"- tuning runs finished: {finished_tuning} of {planned_tuning} (the grids as extended so far); "
+             f"seed runs finished: {finished_final} of {planned_final}",
+             "- missing: " + ("; ".join(missing) if missing else "nothing: every cell is filled from real runs")]
+    trained = [r for t in tasks for r in t.tuning_records + [r for m in t.methods for r in m.runs.values()] if r.get("steps")]
     if trained:
         per_step = statistics.fmean(r["train_time_s"] / r["steps"] for r in trained)
-        lines.append(f"- measured on this machine: {per_step:.1f} s per optimizer step (mean over the "
-                     f"{len(trained)} finished trained runs, tuning and seed runs)")
-    finished = finished_runs(tasks)
-    left = planned_tuning - finished_tuning + planned_final - finished_final
-    if finished and left:
-        hours = left * statistics.fmean(wall_seconds(r) for r in finished) / 3600
-        lines.append(f"- the {left} unfinished cells need about {hours:.1f} h more at this machine's pace in one "
-                     f"worker (the mean wall time of a finished run × cells left; N workers divide it by up to N); "
-                     f"resume with `python scripts/reproduce.py cpu --workers 2`")
+        lines.append(f"- pace: {per_step:.2f} s per optimizer step (mean over {len(trained)} trained runs)")
     return lines
 
 
-def task_section(runs: TaskRuns, figures: dict[str, str]) -> str:
-    parts = [f"## {runs.task.name}\n", f"Scored on {runs.task.evaluated_on}.\n", task_table(runs),
-             "\nLearning-rate selection (held-out loss at the tuning seed, the chosen rate in bold):\n",
-             tuning_table(runs), "\nVerdicts:\n",
-             "\n".join(f"- {line}" for line in (verdict_init_alone(runs), verdict_speed(runs), verdict_ranking(runs))),
-             "\n"]
-    parts += [f"\n![{runs.task.name} {kind}]({path})\n" for kind, path in figures.items()]
-    return "\n".join(parts)
+def task_section(runs: TaskRuns, study: Study, figures: dict[str, str]) -> str:
+    parts = [f"## {runs.task.name}\n", f"Scored on {runs.task.evaluated_on}. ✓: a paired 95 % interval that excludes 0.\n",
+             task_table(runs), per_seed_table(runs), tuning_table(runs, study.tuning_seeds), curve_table(runs),
+             "Verdicts:\n",
+             "\n".join(f"- {line}" for line in (verdict_init_alone(runs), verdict_speed(runs, study.curve_every),
+                                                 verdict_ranking(runs))) + "\n"]
+    parts += [f"![{runs.task.name} {kind}]({path})\n" for kind, path in figures.items()]
+    return "\n".join(p for p in parts if p)
 
 
-def reproduction_markdown(study: Study, tasks: list[TaskRuns], figures: dict[str, dict[str, str]], command: str,
-                          now: datetime.datetime) -> str:
+def reproduction_markdown(study: Study, tasks: list[TaskRuns], records: list[dict], figures: dict[str, dict[str, str]],
+                          extra_sections: list[str]) -> str:
     sizing = "\n".join(f"- {key}: {value}" for key, value in study.sizing.items())
-    sections = "\n".join(task_section(t, figures.get(t.task.name, {})) for t in tasks)
+    sections = "\n".join(task_section(t, study, figures.get(t.task.name, {})) for t in tasks)
+    extra = "\n".join(extra_sections)
     return f"""# Reproduction at CPU scale
 
-<!-- Generated by `{command}` ({now.isoformat(timespec='seconds')}): never edit by hand; rerun
-`python scripts/reproduce.py report` (or `cpu`, which resumes) to regenerate. -->
+<!-- Generated by `python scripts/reproduce.py report` from the records in docs/reproduction/cells/: never edit
+by hand. -->
+<!-- records: {len(records)} -->
 
-Generated {now.strftime('%Y-%m-%d %H:%M UTC')} on {platform.node()} by `{command}`. The study: every
-method of the LoRA-One paper's comparison on SmolLM2-135M, four tasks, a learning-rate grid per
-method chosen on held-out training rows, then seeds at the chosen rate. These numbers are a small,
-CPU-sized study; they are not the paper's setting (7B models, thousands of steps), whose published
-numbers stand beside them only for orientation.
+Every number below is computed from the committed records in `docs/reproduction/cells/` (one JSON per run):
+`python scripts/reproduce.py report` regenerates this file and its figures from them byte for byte, and
+`python scripts/reproduce.py verify <cell>` re-runs a cell and compares. The study: the methods of the LoRA-One
+paper's comparison on SmolLM2-135M, a learning-rate grid per method chosen on held-out training rows, then
+seeds at the chosen rate. A small, CPU-sized study, not the paper's setting (7B models, thousands of steps),
+whose published numbers stand beside it only for orientation.
 
 ## Provenance
 
-{chr(10).join(provenance_lines(tasks))}
+{chr(10).join(provenance_lines(records))}
 
 ## Status
 
@@ -321,22 +354,37 @@ numbers stand beside them only for orientation.
 {sizing}
 
 {sections}
+{extra}
 ## Published numbers (paper scale, as quoted in the reproduction issue)
 
 {published_table()}"""
 
 
-def write_reproduction(study: Study, root: Path, markdown_path: Path, figure_dir: Path, command: str) -> list[Path]:
-    """REPRODUCTION.md and its figures (one loss and one bar chart per task with finished runs)."""
+def records_in_report(markdown: Path) -> int:
+    """How many records the report at `markdown` was built from (0 if none is there)."""
+    if not markdown.exists():
+        return 0
+    found = CELLS_MARKER.search(markdown.read_text())
+    return int(found.group(1)) if found else 0
+
+
+def write_reproduction(study: Study, record_of: Callable[[Cell], dict | None], label_words: Callable[[str], list[str]],
+                       markdown_path: Path, figure_dir: Path, extra_sections: list[str] = (), force: bool = False) -> list[Path]:
+    """REPRODUCTION.md and its figures (per task with finished runs: the grid, the loss curves, the
+    metric). Refuses to replace a report built from more records, unless `force`."""
     from lora_one.reproduce.figures import plot_task
 
-    tasks = collect(study, root)
+    tasks = collect(study, record_of, label_words)
+    records = [r for t in tasks for r in t.tuning_records + [r for m in t.methods for r in m.runs.values()]]
+    before = records_in_report(markdown_path)
+    if len(records) < before and not force:
+        raise ValueError(f"{markdown_path.name} holds {before} records, these {len(records)}: refusing to replace it with "
+                         "less (pass --force to)")
     figure_dir.mkdir(parents=True, exist_ok=True)
     figures, written = {}, []
     for runs in tasks:
-        paths = plot_task(runs, figure_dir)
+        paths = plot_task(runs, figure_dir, metric_label(runs), metric_range(runs), majority_baseline(runs))
         written += paths.values()
         figures[runs.task.name] = {kind: str(path.relative_to(markdown_path.parent)) for kind, path in paths.items()}
-    now = datetime.datetime.now(datetime.timezone.utc)
-    markdown_path.write_text(reproduction_markdown(study, tasks, figures, command, now))
+    markdown_path.write_text(reproduction_markdown(study, tasks, records, figures, list(extra_sections)))
     return [markdown_path, *written]
