@@ -1,4 +1,4 @@
-"""One LoRA fine-tuning experiment, top to bottom:
+"""One LoRA fine-tuning experiment (or, with peft=none, full fine-tuning), top to bottom:
 config → seed → data → model + adapters → init → train → merge/save → evaluate → results.json.
 
     python run_exp.py                                   # embedded default, offline, CPU
@@ -35,6 +35,7 @@ from lora_one.init import METHODS, InitMethod, init_method, redo_base_offset, sa
 from lora_one.init.dora import restore_exported_magnitudes
 from lora_one.models import add_lora_adapters, load_model, load_tokenizer
 from lora_one.models.adapters import ADAPTER
+from lora_one.models.full_finetune import is_full_finetuning, train_every_weight
 from lora_one.models.loading import name_base_model
 from lora_one.provenance import provenance
 from lora_one.profiling import measure
@@ -51,8 +52,14 @@ def init_adapters(cfg: DictConfig, method: InitMethod, model, eval_loader, init_
                   init_dir: str):
     """Wrap with adapters and initialise them: PEFT's own inits (LoRA, gaussian, PiSSA) while wrapping,
     the data-driven ones (LoRA-One, LoRA-GA, EVA) right after; the time and memory cover both, so all
-    methods compare fairly. Returns the model and what results.json reports about the init."""
+    methods compare fairly. Returns the model and what results.json reports about the init.
+    Full fine-tuning (peft=none): no adapters, no init; every weight trains from its pretrained value."""
     eval_loss_base = evaluate_loss(model, eval_loader, accelerator)
+    if is_full_finetuning(cfg.peft):
+        log.info("full fine-tuning: no adapters, every weight trains")
+        return train_every_weight(model), {"init_method": None, "init_time_s": 0.0, "init_peak_mem_mb": None,
+                                           "init_layers": {}, "rank_pattern": {}, "eval_loss_base": eval_loss_base,
+                                           "eval_loss_after_init": eval_loss_base}
     log.info("starting the %s init", method.name)
     with measure(accelerator.device) as init_usage:
         model = add_lora_adapters(model, cfg.peft, cfg.model.type, method, cfg.init)
@@ -74,15 +81,18 @@ def init_adapters(cfg: DictConfig, method: InitMethod, model, eval_loader, init_
 def rebuild_adapters(cfg: DictConfig, method: InitMethod, model, checkpoint: str, accelerator: Accelerator, init_dir: str):
     """Wrap with adapters for a resumed run, skipping the init: the adapter values come from the
     checkpoint (so PEFT's plain init suffices, no PiSSA SVD); an init that moved the base is redone
-    from the initial adapter. Returns the model and the init report saved with the checkpoint."""
+    from the initial adapter. Returns the model and the init report saved with the checkpoint.
+    Full fine-tuning: the checkpoint holds every weight."""
     run_info = read_run_info(checkpoint)
+    log.info("resuming from %s: init skipped", checkpoint)
+    if is_full_finetuning(cfg.peft):
+        return train_every_weight(model), run_info
     model = add_lora_adapters(model, cfg.peft, cfg.model.type, METHODS["LoRA"], cfg.init, run_info.get("rank_pattern"))
     if method.moves_base:
         initial = os.path.join(run_dir_of(checkpoint), "init", "adapter")
         redo_base_offset(model, initial)
         if accelerator.is_main_process and os.path.abspath(initial) != os.path.abspath(os.path.join(init_dir, "adapter")):
             shutil.copytree(initial, os.path.join(init_dir, "adapter"), dirs_exist_ok=True)
-    log.info("resuming from %s: init skipped", checkpoint)
     return model, run_info
 
 
@@ -167,16 +177,21 @@ def run(cfg: DictConfig, out_dir: str, wandb_group: str | None = None) -> dict:
         preemption.restore()
     eval_loss_final = evaluate_loss(model, eval_loader, accelerator) if total_steps > 0 else run_info["eval_loss_after_init"]
 
-    # --- save: the adapter (PEFT format, always against the original base) and the merged model
-    peft_model = accelerator.unwrap_model(model)
+    # --- save: the adapter (PEFT format, always against the original base) and the merged model;
+    # full fine-tuning: the trained model itself in merged/, always (it has no adapter to save instead)
+    trained = accelerator.unwrap_model(model)
+    full_finetuning = is_full_finetuning(cfg.peft)
+    parameters = {"trainable_params": sum(p.numel() for p in trained.parameters() if p.requires_grad),
+                  "total_params": sum(p.numel() for p in trained.parameters())}  # counted before a merge folds the adapters away
     if accelerator.is_main_process:
-        conversion = os.path.join(init_dir, "adapter") if method.moves_base else None
-        peft_model.save_pretrained(os.path.join(out_dir, "adapter"), path_initial_model_for_weight_conversion=conversion)
-        if conversion:
-            restore_exported_magnitudes(peft_model, os.path.join(out_dir, "adapter"))  # DoRA: PEFT's conversion drops m
-        name_base_model(os.path.join(out_dir, "adapter"), cfg.model)  # the hub id, not this machine's cache path
-        if cfg.model.saving:
-            merged = peft_model.merge_and_unload()
+        if not full_finetuning:
+            conversion = os.path.join(init_dir, "adapter") if method.moves_base else None
+            trained.save_pretrained(os.path.join(out_dir, "adapter"), path_initial_model_for_weight_conversion=conversion)
+            if conversion:
+                restore_exported_magnitudes(trained, os.path.join(out_dir, "adapter"))  # DoRA: PEFT's conversion drops m
+            name_base_model(os.path.join(out_dir, "adapter"), cfg.model)  # the hub id, not this machine's cache path
+        if cfg.model.saving or full_finetuning:
+            merged = trained if full_finetuning else trained.merge_and_unload()
             merged.save_pretrained(os.path.join(out_dir, "merged"))
             tokenizer.save_pretrained(os.path.join(out_dir, "merged"))
     accelerator.wait_for_everyone()
@@ -187,8 +202,7 @@ def run(cfg: DictConfig, out_dir: str, wandb_group: str | None = None) -> dict:
         "config": resolved,
         "config_digest": hashlib.sha256(json.dumps(resolved, sort_keys=True).encode()).hexdigest()[:16],
         "num_processes": accelerator.num_processes,
-        "trainable_params": sum(p.numel() for p in peft_model.parameters() if p.requires_grad),
-        "total_params": sum(p.numel() for p in peft_model.parameters()),
+        **parameters,
         **run_info,
         "eval_loss": eval_loss_final,
         # the held-out loss over training: after the init (step 0), every `eval_loss_every` steps, at the end
@@ -205,7 +219,7 @@ def run(cfg: DictConfig, out_dir: str, wandb_group: str | None = None) -> dict:
         **finish_diagnostics(diagnostics, out_dir, accelerator.is_main_process),
     }
     # benchmarks chosen by conf/eval on the trained model: <task>_predictions.jsonl here, metrics under "eval"
-    results["eval"] = run_evaluators(cfg.eval, peft_model, tokenizer, accelerator, out_dir)
+    results["eval"] = run_evaluators(cfg.eval, trained, tokenizer, accelerator, out_dir)
     results["provenance"] = provenance(start_time)  # code version, packages, device, start/end times
     if accelerator.is_main_process:
         write_json(os.path.join(out_dir, "results.json"), results)

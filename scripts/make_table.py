@@ -35,7 +35,9 @@ import yaml
 from hydra.core.override_parser.overrides_parser import OverridesParser
 
 from lora_one.reproduce.published import published_cell, published_table
-from lora_one.reproduce.report import METRIC_NAMES, mean_std, metric_of, wall_seconds
+from lora_one.reproduce.records import metric_name, wall_seconds
+from lora_one.reproduce.report import METRIC_NAMES
+from lora_one.reproduce.stats import mean_std
 
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
@@ -120,6 +122,8 @@ def load_runs(root: Path) -> list[Run]:
 
 def method_of(results: dict) -> str:
     init, optim = results["config"]["init"], results["config"]["optim"]["name"]
+    if results["config"]["peft"]["name"] == "none":  # no adapters, so no adapter init
+        return f"Full FT + {optim}"
     name = init["direction"] if init["name"] == "gradient" else INIT_NAMES.get(init["name"], init["name"])
     return f"{name} + {optim}"
 
@@ -332,11 +336,12 @@ def provenance_section(rows: list[Row]) -> str:
 def task_scores(results: dict) -> dict[str, tuple[str, float]]:
     """{task: (metric, value)} of each benchmark a run scored, as REPRODUCTION.md names them: a
     benchmark configured with a `task` (GLUE: the run's dataset) is that task, scored by its
-    `main_metric` (report.metric_of: CoLA's Matthews correlation, MRPC's F1); any other is its own
+    `main_metric` (records.metric_name: CoLA's Matthews correlation, MRPC's F1); any other is its own
     task, scored by its headline metric."""
     scores = {}
     for benchmark, metrics in (results.get("eval") or {}).items():
-        found = metric_of(results, benchmark) if "main_metric" in metrics else headline(metrics)
+        found = (metric_name(results, benchmark), metrics[metric_name(results, benchmark)]) if "main_metric" in metrics \
+            else headline(metrics)
         if found is not None:
             scores[results["config"]["eval"][benchmark].get("task", benchmark)] = found
     return scores

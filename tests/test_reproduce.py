@@ -74,7 +74,8 @@ def test_cpu_study_plan_covers_every_task_method_rate_and_seed():
     study = cpu_study()
     assert len(study.seeds) >= 5 and len(study.tuning_seeds) >= 2 and study.grid_extensions >= 1 and study.threads == 1
     names = [m.name for m in study.methods]
-    assert {"LoRA", "LoRA-GA", "PiSSA", "LoRA-One", "LoRA-One + scaled_adamw", "spectral init only"} <= set(names)
+    assert {"LoRA", "LoRA-GA", "PiSSA", "LoRA-One", "LoRA-One + scaled_adamw", "Full FT", "spectral init only",
+            "base model"} <= set(names)
     chosen = {m.name: study.first_grid(m)[0] for m in study.methods}
     cells = [c for t in study.tasks for c in tuning_cells(study, t) + final_cells(study, t, chosen)]
     assert len(cells) == cell_count(study)

@@ -1,10 +1,11 @@
 """Checkpoints to continue a run exactly after preemption (the signal itself: train/preemption.py).
 
-A checkpoint, `<run dir>/checkpoints/step_<N>/`, holds what training changes: the trainable (adapter)
-weights, the optimizer and schedule, every process's RNG states and the data position (epoch, batches
-drawn, the shuffle generator's state when the epoch began), plus the run's history so far. The frozen
-base is rebuilt from the model config; an init that moved it (LoRA-GA, PiSSA: W_res = W₀ − s·B₀A₀) is
-redone from the initial adapter in `<run dir>/init/adapter` (init.redo_base_offset), so the base is never stored.
+A checkpoint, `<run dir>/checkpoints/step_<N>/`, holds what training changes: the trainable weights (the
+adapters; with peft=none, every weight), the optimizer and schedule, every process's RNG states and the
+data position (epoch, batches drawn, the shuffle generator's state when the epoch began), plus the run's
+history so far. The frozen base is rebuilt from the model config; an init that moved it (LoRA-GA, PiSSA:
+W_res = W₀ − s·B₀A₀) is redone from the initial adapter in `<run dir>/init/adapter` (init.redo_base_offset),
+so the base is never stored.
 It is written into a temporary directory renamed when complete: a `step_<N>` directory is never partial.
 Its last file, `manifest.json`, holds each file's size and sha256: a checkpoint damaged afterwards (a
 truncated copy, a disk error) is named with its bad file, and `resume=auto` falls back to the newest

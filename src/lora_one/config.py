@@ -12,6 +12,7 @@ from omegaconf import DictConfig, OmegaConf
 from lora_one import ConfigError
 from lora_one.eval.runner import check_eval_config
 from lora_one.init import init_method
+from lora_one.models.full_finetune import check_full_finetuning_config, is_full_finetuning
 from lora_one.train.optim import check_optim_config
 
 
@@ -109,6 +110,8 @@ def check_numeric_settings(cfg: DictConfig) -> None:
 
 def validate_config(cfg: DictConfig) -> None:
     check_numeric_settings(cfg)  # first: the other checks compare numbers
+    if is_full_finetuning(cfg.peft):  # a LoRA-only init or optimizer: said so before its own settings are checked
+        check_full_finetuning_config(cfg)
     init_method(cfg.init).check_config(cfg.init)
     check_optim_config(cfg.optim)
     check_eval_config(cfg.eval)

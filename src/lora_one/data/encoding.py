@@ -1,8 +1,11 @@
 """Examples → token ids with the prompt masked out of the labels, and the padding collator."""
+import functools
+
 import torch
 from transformers import DataCollatorForSeq2Seq, PreTrainedTokenizerBase
 
 from lora_one import ConfigError
+from lora_one.data.templates import ChatPrompt
 
 IGNORE_INDEX = -100  # label value the loss skips
 
@@ -15,17 +18,59 @@ def encode_example(tokenizer: PreTrainedTokenizerBase, prompt: str, response: st
     read after a space, as in running text (`… . positive`): BPE tokenizers have a word-initial token
     for it (`Ġpositive`), and the word glued on is a piece the model has hardly seen (SmolLM2: 14.0
     nats for `positive` vs 10.6 for ` positive`). Prompts ending in whitespace (Alpaca's `Response:\n`)
-    are unchanged."""
-    if not seq2seq and prompt and response and not prompt[-1].isspace() and not response[0].isspace():
-        response = " " + response
-    response_ids = tokenizer(response, add_special_tokens=False)["input_ids"] + [tokenizer.eos_token_id]
+    are unchanged.
+
+    A `ChatPrompt` (dataset.chat_template) is the user's turn of the tokenizer's chat template, with the
+    assistant's turn opened after it (the generation prompt): that is the prompt part; the response,
+    which starts the assistant's turn as written, and the template's end-of-turn token are the labels."""
+    if isinstance(prompt, ChatPrompt):
+        prompt_ids, response_ids = chat_ids(tokenizer, prompt, response)
+    else:
+        prompt_ids, response_ids = text_ids(tokenizer, prompt, response, seq2seq)
     if seq2seq:
-        input_ids = tokenizer(prompt, add_special_tokens=False)["input_ids"][:max_length]
-        return {"input_ids": input_ids, "labels": response_ids[:max_length]}
-    prompt_ids = tokenizer(prompt)["input_ids"]
+        return {"input_ids": prompt_ids[:max_length], "labels": response_ids[:max_length]}
     input_ids = (prompt_ids + response_ids)[:max_length]
     labels = ([IGNORE_INDEX] * len(prompt_ids) + response_ids)[:max_length]
     return {"input_ids": input_ids, "labels": labels}
+
+
+def text_ids(tokenizer, prompt: str, response: str, seq2seq: bool) -> tuple[list[int], list[int]]:
+    """(prompt ids, response ids + eos) of a plain-text prompt (see `encode_example`)."""
+    if not seq2seq and prompt and response and not prompt[-1].isspace() and not response[0].isspace():
+        response = " " + response
+    response_ids = tokenizer(response, add_special_tokens=False)["input_ids"] + [tokenizer.eos_token_id]
+    if seq2seq:  # the encoder reads the prompt alone
+        return tokenizer(prompt, add_special_tokens=False)["input_ids"], response_ids
+    return tokenizer(prompt)["input_ids"], response_ids
+
+
+def chat_ids(tokenizer, prompt: str, response: str) -> tuple[list[int], list[int]]:
+    """(the user's turn + the assistant's opening, the response + end of turn) in the chat template."""
+    check_chat_template(tokenizer)
+    prompt_ids = tokenizer.apply_chat_template([{"role": "user", "content": str(prompt)}], add_generation_prompt=True,
+                                               tokenize=True, return_dict=True)["input_ids"]
+    return prompt_ids, tokenizer(response, add_special_tokens=False)["input_ids"] + [end_of_turn_id(tokenizer)]
+
+
+def check_chat_template(tokenizer) -> None:
+    if not tokenizer.chat_template:
+        name = tokenizer.name_or_path or type(tokenizer).__name__
+        raise ConfigError(f"dataset.chat_template=true, but the tokenizer '{name}' has no chat template "
+                          "(the tiny test models and T5 have none): set dataset.chat_template=false")
+
+
+@functools.lru_cache(maxsize=8)
+def end_of_turn_id(tokenizer) -> int:
+    """The token the chat template closes an assistant's turn with: the first it writes after the
+    turn's text (SmolLM2: `<|im_end|>`, then a newline that belongs to no turn)."""
+    text = "ok"
+    chat = tokenizer.apply_chat_template([{"role": "user", "content": "?"}, {"role": "assistant", "content": text}],
+                                         tokenize=False)
+    closing = tokenizer(chat[chat.rindex(text) + len(text):], add_special_tokens=False)["input_ids"]
+    if not closing:
+        raise ConfigError(f"the chat template of '{tokenizer.name_or_path}' writes nothing after an assistant's turn: "
+                          "no end-of-turn token to train; set dataset.chat_template=false")
+    return closing[0]
 
 
 def encode_rows(tokenizer, examples: list[dict], max_length: int, seq2seq: bool) -> list[dict]:

@@ -10,7 +10,7 @@ from omegaconf import DictConfig
 from lora_one import ConfigError
 from lora_one.data.files import check_data_file, read_jsonl, row_name
 from lora_one.data.glue import glue_file, read_glue_tsv
-from lora_one.data.templates import TEMPLATES, build_prompt
+from lora_one.data.templates import TEMPLATES, build_prompt, chat_prompt
 from lora_one.data.toy_math import generate_toy_math
 
 log = logging.getLogger(__name__)
@@ -76,6 +76,8 @@ def to_examples(rows: list[dict], cfg: DictConfig, source: str) -> list[dict[str
     """Check that every row has every mapped column, then format prompts and responses."""
     if cfg.template not in TEMPLATES:
         raise ConfigError(f"dataset.template '{cfg.template}' is unknown; known: {sorted(TEMPLATES)}")
+    if not isinstance(cfg.chat_template, bool):
+        raise ConfigError(f"dataset.chat_template must be true or false (got {cfg.chat_template!r})")
     columns = dict(cfg.columns)
     if "response" not in columns:
         raise ConfigError(f"dataset.columns of '{cfg.name}' must map 'response' to a column")
@@ -96,7 +98,10 @@ def to_examples(rows: list[dict], cfg: DictConfig, source: str) -> list[dict[str
         if cfg.label_names is not None:
             response = cfg.label_names[int(response)]
         fields["task"] = cfg.name
-        examples.append({"prompt": build_prompt(cfg.template, fields), "response": str(response)})
+        prompt = build_prompt(cfg.template, fields)
+        if cfg.chat_template:
+            prompt = chat_prompt(prompt, cfg.label_names)
+        examples.append({"prompt": prompt, "response": str(response)})
     return examples
 
 

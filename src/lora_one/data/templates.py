@@ -13,6 +13,7 @@ ALPACA_WITH_INPUT = (
 )
 GLUE_SINGLE = "{task} sentence: {sentence}"
 GLUE_PAIR = "{task} first: {first} second: {second}"
+ANSWER_CHOICES = "Answer with one word: {choices}."  # a chat prompt's last line for a classification task
 
 TEMPLATES = {"alpaca", "glue_single", "glue_pair"}
 
@@ -28,3 +29,21 @@ def build_prompt(template: str, fields: dict[str, str]) -> str:
     if template == "glue_pair":
         return GLUE_PAIR.format(**fields)
     raise KeyError(f"unknown prompt template {template!r}; known: {sorted(TEMPLATES)}")
+
+
+class ChatPrompt(str):
+    """A prompt meant as the user's turn of a chat (`dataset.chat_template: true`): `encode_example`
+    writes it in the tokenizer's chat template and the response as the assistant's turn. It is a str
+    of the user's text, so whatever shows, stores or measures prompts (predictions files, batching by
+    length) reads it as before, and every consumer of `encode_example` (training, the held-out loss,
+    GLUE scoring) encodes it alike."""
+
+
+def chat_prompt(prompt: str, label_names) -> ChatPrompt:
+    """The user's turn: the prompt, then for a classification task (`label_names`) the words to answer
+    with; an instruction-tuned model answers the question it is asked, and "sst2 sentence: …" alone
+    asks for no label word."""
+    if label_names:
+        *first, last = list(label_names)
+        prompt += "\n" + ANSWER_CHOICES.format(choices=f"{', '.join(first)} or {last}")
+    return ChatPrompt(prompt)

@@ -39,6 +39,8 @@ def build_parser(task: str, defaults: DictConfig) -> argparse.ArgumentParser:
             continue
         parser.add_argument(f"--{key}", nargs="+" if isinstance(value, list) else None,
                             help=f"default: {value} (conf/eval/{task}.yaml)")
+    parser.add_argument("overrides", nargs="*", metavar="KEY=VALUE",
+                        help="overrides of the run config the task follows, e.g. dataset.chat_template=true")
     return parser
 
 
@@ -47,7 +49,7 @@ def task_config(task: str, args: argparse.Namespace) -> DictConfig:
     model_option = args.model if (conf_dir() / "model" / f"{args.model}.yaml").exists() else None
     overrides = [f"eval={task}", f"seed={args.seed}"] + ([f"model={model_option}"] if model_option else [])
     cli_overrides = getattr(BENCHMARKS[task], "cli_overrides", None)  # e.g. glue: --task picks the dataset config
-    overrides += cli_overrides(args) if cli_overrides else []
+    overrides += (cli_overrides(args) if cli_overrides else []) + args.overrides
     cfg = compose_config(overrides)
     if model_option is None:  # a path or hub id, read with the default model config's settings
         cfg.model.path = args.model

@@ -6,7 +6,7 @@ Why this size (`cpu_study`; `Study.sizing` says it in REPRODUCTION.md): on one c
 step of 4 × 64 tokens takes ≈0.85 s on a quiet machine, a held-out pass over 128 short rows ≈9 s,
 scoring a dev row ≈0.05 s with one prompt pass shared by the label words. 100 steps let LoRA's
 held-out loss flatten; 5 seeds, paired, resolve held-out-loss differences of a few per cent; tuning
-on 128 held-out rows at 2 seeds keeps the choice off the seed noise. At ≈2.5 min a cell, the 142
+on 128 held-out rows at 2 seeds keeps the choice off the seed noise. At ≈2.5 min a cell, the 152
 cells of the two GLUE tasks take ≈3 h in two workers, so a study spans sittings: each finished
 cell's record is committed, and the same command resumes on any machine."""
 from dataclasses import dataclass, field
@@ -153,7 +153,8 @@ def study_methods() -> tuple[Method, ...]:
             Method("LoRA-One + scaled_adamw", (*lora_one, "optim=scaled_adamw"), gradient_init=True,
                    learning_rates=(2.5e-3, 1e-2, 4e-2)),
             Method("Full FT", ("peft=none", "init=default"), learning_rates=(9.765625e-6, 3.90625e-5, 1.5625e-4)),
-            Method("spectral init only", (*lora_one, "model.max_steps=0"), trains=False, gradient_init=True))
+            Method("spectral init only", (*lora_one, "model.max_steps=0"), trains=False, gradient_init=True),
+            Method("base model", ("init=default", "model.max_steps=0"), trains=False))  # B = 0: the model as loaded
 
 
 def cpu_study() -> Study:
