@@ -230,6 +230,24 @@ def test_code_state_follows_what_a_cell_computes(tmp_path):
     assert code_state(repo).digest != clean.digest and code_state(repo).dirty
 
 
+def test_each_record_is_committed_alone_as_it_is_kept(tmp_path):
+    repo = tmp_path / "repo"
+    git = ["git", "-C", str(repo), "-c", "user.email=t@t", "-c", "user.name=t"]
+    (repo / "src").mkdir(parents=True)
+    (repo / "src" / "work.py").write_text("staged, not the study's")
+    subprocess.run([*git, "init", "-q"], check=True)
+    subprocess.run([*git, "commit", "-q", "--allow-empty", "-m", "start"], check=True)
+    subprocess.run([*git, "add", "src/work.py"], check=True)
+    store = Store(tmp_path / "runs", repo / "docs" / "cells", CODE, repo)
+    cell = Cell("sst2", "LoRA", TUNE, 1e-3, 11, ("seed=11",))
+    store.keep(cell, {"eval_loss": 0.5, "eval": {}})
+    log = subprocess.run([*git, "log", "--name-only", "--format=%s", "-1"], capture_output=True, text=True).stdout.split()
+    assert " ".join(log[:6]) == "study: sst2 tune LoRA lr=0.001 seed=11" and log[6] == f"docs/cells/{cell.path}.json"
+    assert "src/work.py" not in log and store.record(cell)["eval_loss"] == 0.5
+    staged = subprocess.run([*git, "diff", "--cached", "--name-only"], capture_output=True, text=True).stdout.split()
+    assert staged == ["src/work.py"]  # what was staged before stays staged, uncommitted
+
+
 def test_verify_names_each_difference():
     assert verify.verdict(0.5, 0.5) == "identical"
     assert verify.verdict(0.5, 0.25) == "differs by 0.25 (0.5 vs 0.25)"

@@ -107,8 +107,10 @@ def test_every_cell_runs_in_a_worker_with_its_threads(study_run):
     progress = progress_lines(lines)
     assert len(progress) == 26 and progress[-1].startswith("[26/26] ") and all(line.endswith(" s") for line in progress)
     # every task's tuning runs come before any seed run (which needs its task's chosen rate)
-    assert [" tune " in line for line in progress] == [True] * 18 + [False] * 8
-    assert lines[18:20] == EXPECTED_CHOICE
+    # the untrained method's runs first (no rate to choose), then every task's tuning runs before any trained seed
+    # run (which needs its task's chosen rate)
+    assert [" tune " in line for line in progress] == [False] * 2 + [True] * 18 + [False] * 6
+    assert all("spectral init only" in line for line in progress[:2]) and lines[20:22] == EXPECTED_CHOICE
 
 
 def test_rates_chosen_in_workers_are_the_one_process_choice(study_run, tmp_path):
@@ -138,9 +140,9 @@ def test_a_study_whose_worker_died_resumes(tmp_path):
         run_study_in_pool(study, store_in(tmp_path), crashing_run, Progress(cell_count(study), lines.append), 2)
     # a failed run did not stop the study: all 18 tuning lines, PiSSA's 6 failures among them, then the
     # choice without PiSSA, whose 2 seed runs leave the total
-    assert sum(line.endswith("(RuntimeError: a cell that fails)") for line in lines[:18]) == 6
+    assert sum(line.endswith("(RuntimeError: a cell that fails)") for line in lines[2:20]) == 6
     assert chosen_lines(lines) == [line.replace("PiSSA 0.0001", "PiSSA –") for line in EXPECTED_CHOICE]
-    assert lines[18:20] == chosen_lines(lines) and all("/24] " in line for line in lines[20:])
+    assert lines[20:22] == chosen_lines(lines) and all("/24] " in line for line in lines[22:])
     finished_before = {p: p.stat().st_mtime_ns for p in results_files(study, tmp_path, CHOSEN) if p.exists()}
     assert tmp_path / "cells" / f"{CRASHING_CELL}.json" not in finished_before
 

@@ -12,6 +12,7 @@ the commit alone re-creates the code."""
 import datetime
 import hashlib
 import json
+import os
 import statistics
 import subprocess
 from dataclasses import dataclass
@@ -62,9 +63,13 @@ def record_path(records: Path, cell: Cell) -> Path:
     return records / f"{cell.path}.json"
 
 
+KERNEL_SETTINGS = ("ATEN_CPU_CAPABILITY", "ONEDNN_MAX_CPU_ISA", "MKL_CBWR")  # scripts/reproduce.py pins them
+
+
 def make_record(cell: Cell, results: dict, code: CodeState) -> dict:
     kept = {key: results.get(key) for key in RESULT_KEYS}
-    return {"cell": cell.name, "overrides": list(cell.overrides), "code": code.as_dict(), **kept}
+    kernels = {name: os.environ.get(name) for name in KERNEL_SETTINGS}
+    return {"cell": cell.name, "overrides": list(cell.overrides), "code": code.as_dict(), "kernels": kernels, **kept}
 
 
 def dumps(record: dict) -> str:

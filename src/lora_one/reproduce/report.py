@@ -286,7 +286,8 @@ def provenance_lines(records: list[dict]) -> list[str]:
     provenance = [r["provenance"] for r in records]
     return [f"- code: state {counted(r['code']['digest'] for r in records)}, computed at commit "
             f"{counted(r['code']['commit'][:12] + (' + uncommitted changes' if r['code']['dirty'] else '') for r in records)}",
-            f"- machine: {counted(machine(p) for p in provenance)}",
+            f"- machine: {counted(machine(p) for p in provenance)}; kernels pinned: "
+            f"{counted(', '.join(f'{k}={v}' for k, v in sorted((r.get('kernels') or {}).items())) or 'none' for r in records)}",
             f"- python {counted(p['python'] for p in provenance)}; "
             f"{counted(', '.join(f'{k} {v}' for k, v in sorted(p['packages'].items()) if v) for p in provenance)}",
             f"- runs from {min(p['start'] for p in provenance)} to {max(p['end'] for p in provenance)}"]

@@ -182,27 +182,38 @@ def tune(study: Study, tasks: list[Task], store: Store, run_cells: Callable[[lis
         failed += run_cells(pending)
 
 
+def untrained_cells(study: Study, tasks: list[Task]) -> list[Cell]:
+    """The seed runs of methods that take no step (no rate to choose): they need no tuning, so they go first."""
+    return [cell for task in tasks for cell in final_cells(study, task, {})]
+
+
 def run_study(study: Study, store: Store, run_fn: RunFn, progress: Progress) -> None:
     """Task after task in this process (so a partial study has whole tables first)."""
     def run_cells(cells: list[Cell]) -> list[Cell]:
         return run_here(cells, study, store, run_fn, progress)
 
     for task in study.tasks:
+        first = untrained_cells(study, [task])
+        run_cells(announce_finished(first, store, progress))
         tune(study, [task], store, run_cells, progress)
-        run_cells(announce_finished(plan_finals(study, task, store, progress)[1], store, progress))
+        finals = [cell for cell in plan_finals(study, task, store, progress)[1] if cell not in first]
+        run_cells(announce_finished(finals, store, progress))
 
 
 def run_study_in_pool(study: Study, store: Store, run_fn: RunFn, progress: Progress, workers: int) -> None:
     """The study in `workers` processes: on a small CPU, single-threaded runs side by side finish
-    sooner than one multi-threaded run after another. A seed run needs its task's chosen rate, so every
-    task's tuning runs go first, then every task's seed runs; progress lines come in the order the
-    cells finish. `run_fn` travels to the workers by reference: a module-level function (run_exp.run)."""
+    sooner than one multi-threaded run after another. A seed run of a trained method needs its task's
+    chosen rate, so the untrained methods' runs and every task's tuning runs go first, then the other
+    seed runs; progress lines come in the order the cells finish. `run_fn` travels to the workers by
+    reference: a module-level function (run_exp.run)."""
     with worker_pool(workers) as pool:
         def run_cells(cells: list[Cell]) -> list[Cell]:
             return run_in_pool(pool, cells, study, store, run_fn, progress)
 
+        first = untrained_cells(study, list(study.tasks))
+        run_cells(announce_finished(first, store, progress))
         tune(study, list(study.tasks), store, run_cells, progress)
-        finals = [cell for task in study.tasks for cell in plan_finals(study, task, store, progress)[1]]
+        finals = [cell for task in study.tasks for cell in plan_finals(study, task, store, progress)[1] if cell not in first]
         run_cells(announce_finished(finals, store, progress))
 
 

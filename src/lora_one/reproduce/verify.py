@@ -2,15 +2,16 @@
 committed record holds, with a verdict per number (identical, or the difference). Times and the
 provenance are not numbers of the result and are left out."""
 import math
+import os
 import random
 from pathlib import Path
 from typing import Callable
 
 from lora_one.reproduce.plan import FINAL, TUNE, Cell, Study, final_cells, tuning_cells
-from lora_one.reproduce.records import CodeState, make_record
+from lora_one.reproduce.records import KERNEL_SETTINGS, CodeState, make_record
 from lora_one.reproduce.runner import choose_learning_rates, run_cell, tuning_plan
 
-NOT_RESULTS = ("provenance", "train_time_s", "init_time_s", "seconds", "code", "cell", "overrides")  # times: not results
+NOT_RESULTS = ("provenance", "train_time_s", "init_time_s", "seconds", "code", "kernels", "cell", "overrides")  # times: not results
 
 
 def planned_cells(study: Study, record_of: Callable[[Cell], dict | None]) -> list[Cell]:
@@ -65,6 +66,9 @@ def verdict(old, new) -> str:
 def compare(cell: Cell, record: dict, study: Study, scratch: Path, run_fn, echo: Callable[[str], None]) -> bool:
     """Re-run `cell` under `scratch` and print each number beside the record's; True if all identical."""
     echo(f"{cell.name}: re-running")
+    kernels = {name: os.environ.get(name) for name in KERNEL_SETTINGS}
+    if record.get("kernels") not in (None, kernels):
+        echo(f"  note: the record was computed with kernels {record['kernels']}, this process has {kernels}")
     outcome, results = run_cell(cell, scratch, run_fn, study.threads)
     if results is None:
         echo(f"  the re-run failed: {outcome}")
