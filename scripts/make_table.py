@@ -122,7 +122,7 @@ def load_runs(root: Path) -> list[Run]:
 
 def method_of(results: dict) -> str:
     init, optim = results["config"]["init"], results["config"]["optim"]["name"]
-    if results["config"]["peft"]["name"] == "none":  # no adapters, so no adapter init
+    if results["config"].get("peft", {}).get("name") == "none":  # no adapters, so no adapter init
         return f"Full FT + {optim}"
     name = init["direction"] if init["name"] == "gradient" else INIT_NAMES.get(init["name"], init["name"])
     return f"{name} + {optim}"

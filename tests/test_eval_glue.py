@@ -17,7 +17,10 @@ from lora_one import ConfigError
 from lora_one.data import load_splits
 from lora_one.data.glue import read_glue_tsv
 from lora_one.eval import glue, run_benchmark
+from lora_one.data.encoding import encode_example, make_collator
 from lora_one.eval.classification import confusion, f1_score, matthews_correlation
+from lora_one.init import METHODS
+from lora_one.models import add_lora_adapters, load_model, load_tokenizer
 from test_eval_generation import ARCHITECTURES, tiny_model
 
 FOLDERS = {"sst2": "SST-2", "cola": "CoLA", "mrpc": "MRPC", "qnli": "QNLI"}
@@ -91,6 +94,18 @@ def test_f1_and_matthews_correlation_match_hand_computed_values():
     assert f1_score([0, 0], [0, 0], 1) == 0.0
 
 
+def test_class_counts_flag_a_one_class_run_and_give_the_majority_baseline():
+    words = ["unacceptable", "acceptable"]
+    gold = ["acceptable"] * 7 + ["unacceptable"] * 3
+    predicted = ["acceptable"] * 6 + [None] + ["acceptable"] * 2 + ["unacceptable"]  # 9 of 10 parsed: 8 acceptable
+    metrics = glue.task_metrics("cola", words, gold, predicted)
+    assert metrics["predicted_counts"] == {"unacceptable": 1, "acceptable": 8} and metrics["unparsed"] == 1
+    assert metrics["gold_counts"] == {"unacceptable": 3, "acceptable": 7}  # majority-class baseline: 7/10
+    assert max(metrics["gold_counts"].values()) / metrics["n"] == 0.7
+    assert glue.task_metrics("cola", words, gold, ["acceptable"] * 10)["predicted_counts"] == \
+           {"unacceptable": 0, "acceptable": 10}  # every label word is counted, predicted or not
+
+
 def test_label_extraction_prefers_the_longer_label():
     words = ["not_equivalent", "equivalent"]
     assert glue.extract_label("not_equivalent", words) == "not_equivalent"
@@ -156,6 +171,75 @@ def test_batched_scores_equal_one_example_at_a_time(shared_data, option):
             assert lps_b == pytest.approx(lps_a, abs=1e-4)
 
 
+def per_label_log_probs(model, tokenizer, prompts: list[str], words: list[str]) -> list[list[list[float]]]:
+    """The reference: each (prompt, label word) scored as its own training row (`encode_example`, right-padded,
+    the vocabulary head at every position), the way GLUE was scored before a prompt was read once for all labels."""
+    seq2seq = model.config.is_encoder_decoder
+    rows = [encode_example(tokenizer, p, w, glue.NO_TRUNCATION, seq2seq) for p in prompts for w in words]
+    batch = make_collator(tokenizer)(rows)
+    labels = batch["labels"]
+    with torch.no_grad():
+        if seq2seq:
+            logits = model(**batch).logits
+        else:
+            logits = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits[:, :-1]
+            labels = labels[:, 1:]
+    picked = torch.log_softmax(logits.float(), -1).gather(-1, labels.clamp(min=0).unsqueeze(-1)).squeeze(-1)
+    per_row = [row[mask].tolist() for row, mask in zip(picked, labels != -100)]
+    return [per_row[i * len(words):(i + 1) * len(words)] for i in range(len(prompts))]
+
+
+def with_random_adapters(model, option: str, adapters: str):
+    """`peft=all` LoRA (or DoRA) adapters whose B is random, so that they change every layer's output."""
+    cfg = compose_config(TINY + [f"model={option}", "peft=all", f"peft.use_dora={adapters == 'dora'}"])
+    torch.manual_seed(1)  # A as well as B
+    model = add_lora_adapters(model, cfg.peft, cfg.model.type, METHODS["LoRA"], cfg.init)
+    for name, param in model.named_parameters():
+        if "lora_B" in name:
+            torch.nn.init.normal_(param, std=0.2)
+    return model.eval()
+
+
+def assert_same_scores_and_predictions(shared, reference, words: list[str], abs_tol: float):
+    for per_label, expected in zip(shared, reference):
+        assert [len(lps) for lps in per_label] == [len(lps) for lps in expected]  # the same target tokens
+        for lps, lps_expected in zip(per_label, expected):
+            assert lps == pytest.approx(lps_expected, abs=abs_tol)
+            assert sum(lps) == pytest.approx(sum(lps_expected), abs=abs_tol)
+        assert max(words, key=lambda w: sum(per_label[words.index(w)])) == \
+               max(words, key=lambda w: sum(expected[words.index(w)]))
+
+
+@pytest.mark.parametrize("option,adapters", [("tiny_llama", "none"), ("tiny_llama", "lora"), ("tiny_llama", "dora"),
+                                             ("tiny_t5", "lora")])
+def test_one_prompt_pass_scores_as_each_label_on_its_own(shared_data, option, adapters):
+    """Prompts of different lengths (so left padding and the repeated KV cache matter) and labels of
+    different token counts (MRPC: not_equivalent is longer than equivalent), through PEFT adapters."""
+    model, tokenizer = tiny_model(option)
+    if adapters != "none":
+        model = with_random_adapters(model, option, adapters)
+    cfg = glue_config(shared_data, "mrpc", "eval.glue.limit=6")
+    prompts, words = [item["prompt"] for item in glue.load_items(cfg)], list(cfg.dataset.label_names)
+    shared = glue.label_log_probs(model, tokenizer, prompts, words, 4, Accelerator(cpu=True))
+    assert_same_scores_and_predictions(shared, per_label_log_probs(model, tokenizer, prompts, words), words, abs_tol=1e-5)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("task", ["sst2", "mrpc"])
+def test_one_prompt_pass_scores_as_each_label_on_its_own_on_smollm2(shared_data, task):
+    """In float64, where rounding cannot hide a difference of 1e-5 (measured: 0). In float32 the two differ
+    by up to 3.6e-5 (SST-2) and 2.9e-5 (MRPC) nats on these 12 rows, about as much as the reference
+    differs from itself batched otherwise (2.1e-5, 1.4e-5): rounding of log-probabilities near -15."""
+    cfg = compose_config(["model=smollm2_135m"])
+    tokenizer = load_tokenizer(cfg.model, cfg.cache_dir)
+    model = with_random_adapters(load_model(cfg.model, tokenizer, cfg.cache_dir), "smollm2_135m", "lora").double()
+    glue_cfg = glue_config(shared_data, task, "eval.glue.limit=12", "eval.glue.subset_seed=0")
+    prompts, words = [item["prompt"] for item in glue.load_items(glue_cfg)], list(glue_cfg.dataset.label_names)
+    shared = glue.label_log_probs(model, tokenizer, prompts, words, 8, Accelerator(cpu=True))
+    reference = [per_label_log_probs(model, tokenizer, [p], words)[0] for p in prompts]
+    assert_same_scores_and_predictions(shared, reference, words, abs_tol=1e-5)
+
+
 def test_a_predictions_file_is_rescored(shared_data, tmp_path):
     cfg = glue_config(shared_data, "mrpc", "eval.glue.limit=5")
     golds = [item["gold"] for item in glue.load_items(cfg)]  # MRPC dev labels 1, 0, 0, 1, 0
@@ -168,6 +252,8 @@ def test_a_predictions_file_is_rescored(shared_data, tmp_path):
     # positive = equivalent: TP=1 (row 0), FP=2 (rows 2, 4), FN=1 (row 3), TN=1 (row 1)
     assert metrics["accuracy"] == pytest.approx(2 / 5) and metrics["unparsed"] == 1
     assert metrics["f1"] == pytest.approx(2 * 1 / (2 * 1 + 2 + 1)) and "paper_protocol_accuracy" not in metrics
+    assert metrics["predicted_counts"] == {"not_equivalent": 2, "equivalent": 2}  # the unparsed row in neither
+    assert metrics["gold_counts"] == {"not_equivalent": 3, "equivalent": 2}
     record = json.loads((tmp_path / "out" / "mrpc_predictions.jsonl").read_text().splitlines()[2])
     assert record["predicted"] is None and record["correct"] is False and record["gold"] == "not_equivalent"
 

@@ -5,7 +5,9 @@ Each example is written with the training prompt of its dataset config, and each
 the end-of-sequence token, `encode_example` exactly as in training (T5: the decoder's target;
 causal: the continuation of the prompt). The prediction is the label whose target has the highest
 total log-likelihood Σ_t log p(y_t | prompt, y_<t). Prompts are not truncated here, so every label
-is scored in full.
+is scored in full. Each prompt is read once for all its labels (`shared_prompt_log_probs`: a causal
+model continues every label from the prompt's KV cache, T5 decodes every label from one encoder pass),
+which gives the scores of one training row per label (tests/test_eval_glue.py checks it against that).
 
 Metrics follow HF `evaluate`'s GLUE conventions: accuracy (SST-2, QNLI, MNLI), Matthews correlation
 (CoLA), F1 and accuracy (MRPC), the positive class being label 1 (`acceptable`, `equivalent`).
@@ -31,13 +33,13 @@ import torch
 from omegaconf import OmegaConf
 
 from lora_one import ConfigError
-from lora_one.data.encoding import encode_example, make_collator
+from lora_one.data.encoding import IGNORE_INDEX, encode_example
 from lora_one.data.glue import glue_file, read_glue_tsv
 from lora_one.data.loading import load_raw_rows, load_splits, to_examples
 from lora_one.eval.classification import f1_score, matthews_correlation
 from lora_one.eval.generation import map_batches, prompt_lengths
 from lora_one.eval.records import read_completions, select
-from lora_one.eval.scoring import is_encoder_decoder, target_log_probs
+from lora_one.eval.scoring import is_encoder_decoder, shared_prompt_log_probs
 
 # Each task's metrics, the headline one first.
 TASK_METRICS = {"sst2": ("accuracy",), "cola": ("matthews_correlation",), "mrpc": ("f1", "accuracy"),
@@ -95,21 +97,28 @@ def load_items(cfg) -> list[dict]:
 def label_log_probs(model, tokenizer, prompts: list[str], label_words: list[str], batch_size: int,
                     accelerator) -> list[list[list[float]]]:
     """[prompt][label] → log p of each token of that label's training target (the word, then eos).
-    A batch holds `batch_size` prompts, each with every label."""
+    A batch holds `batch_size` prompts, each read once for all its labels."""
     seq2seq = is_encoder_decoder(model)
-    collate = make_collator(tokenizer)
     was_training = model.training
     model.eval()
 
     def run_batch(number: int, indices: list[int]) -> list[list[list[float]]]:
-        rows = [encode_example(tokenizer, prompts[i], word, NO_TRUNCATION, seq2seq) for i in indices for word in label_words]
-        per_row = target_log_probs(model, collate(rows).to(accelerator.device))
-        k = len(label_words)
-        return [per_row[j * k:(j + 1) * k] for j in range(len(indices))]
+        split = [[prompt_and_target(encode_example(tokenizer, prompts[i], word, NO_TRUNCATION, seq2seq), seq2seq)
+                  for word in label_words] for i in indices]
+        return shared_prompt_log_probs(model, [rows[0][0] for rows in split],
+                                       [[target for _, target in rows] for rows in split],
+                                       tokenizer.pad_token_id, accelerator.device)
 
     scores = map_batches(run_batch, prompt_lengths(tokenizer, prompts), batch_size, accelerator, desc="glue")
     model.train(was_training)
     return scores
+
+
+def prompt_and_target(row: dict, seq2seq: bool) -> tuple[list[int], list[int]]:
+    """An `encode_example` row as (the ids read, the ids scored): the target is where the labels are set
+    (causal: after the prompt, which is the same for every label word; seq2seq: the decoder's labels)."""
+    target = [label for label in row["labels"] if label != IGNORE_INDEX]
+    return (row["input_ids"] if seq2seq else row["input_ids"][:len(row["input_ids"]) - len(target)]), target
 
 
 def extract_label(text: str, label_words: list[str]) -> str | None:
@@ -124,11 +133,15 @@ def paper_protocol_correct(first_token_log_probs: dict[str, float], gold: str) -
 
 
 def task_metrics(task: str, label_words: list[str], gold: list[str], predicted: list[str | None]) -> dict:
-    """The task's metrics; a prediction naming no label counts as a wrong one (for binary tasks: the other label)."""
+    """The task's metrics; a prediction naming no label counts as a wrong one (for binary tasks: the other label).
+    `predicted_counts` and `gold_counts` ({label word: rows}; unparsed predictions are in neither) show a
+    run that predicts one class almost everywhere, and give the majority-class baseline."""
     scored = [p if p is not None else next(w for w in label_words if w != g) for g, p in zip(gold, predicted)]
     correct = sum(g == p for g, p in zip(gold, scored))
     metrics = {"accuracy": correct / len(gold), "correct": correct, "n": len(gold),
-               "unparsed": sum(p is None for p in predicted), "main_metric": TASK_METRICS[task][0]}
+               "unparsed": sum(p is None for p in predicted), "main_metric": TASK_METRICS[task][0],
+               "predicted_counts": {w: predicted.count(w) for w in label_words},
+               "gold_counts": {w: gold.count(w) for w in label_words}}
     positive = label_words[1]
     if "f1" in TASK_METRICS[task]:
         metrics["f1"] = f1_score(gold, scored, positive)

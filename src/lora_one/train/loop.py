@@ -6,8 +6,11 @@ from dataclasses import dataclass, field
 from typing import Callable
 
 import torch
+import torch.nn.functional as F
 from accelerate import Accelerator
 from tqdm.auto import tqdm
+
+from lora_one.data.encoding import IGNORE_INDEX
 
 log = logging.getLogger(__name__)
 
@@ -34,6 +37,25 @@ def evaluate_loss(model, loader, accelerator: Accelerator) -> float:
     mean = accelerator.gather_for_metrics(torch.cat(losses)).mean().item()
     log.info("held-out loss %.4f (%d batches, %.1f s)", mean, len(losses), time.perf_counter() - start)
     return mean
+
+
+def causal_lm_loss(model, batch) -> torch.Tensor:
+    """The mean token cross-entropy `model(**batch).loss` computes, with the vocabulary head applied only
+    at the positions whose next token some row labels (`logits_to_keep`): a GLUE row labels 1-3 of ~60
+    tokens, and SmolLM2's head is ~20 % of its forward. Same loss and gradients (bench/README.md)."""
+    labels = batch["labels"]
+    following = torch.cat([labels[:, 1:], torch.full_like(labels[:, :1], IGNORE_INDEX)], dim=1)  # what each position predicts
+    keep = (following != IGNORE_INDEX).any(dim=0).nonzero().squeeze(-1)
+    logits = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"], logits_to_keep=keep).logits
+    return F.cross_entropy(logits.float().flatten(0, 1), following[:, keep].flatten(), ignore_index=IGNORE_INDEX)
+
+
+def training_loss(model) -> Callable:
+    """`causal_lm_loss` for a transformers causal LM; else the model's own loss (T5's decoder reads only labels)."""
+    config = getattr(model, "config", None)
+    if config is None or getattr(config, "is_encoder_decoder", False):
+        return lambda wrapped, batch: wrapped(**batch).loss
+    return causal_lm_loss
 
 
 @dataclass
@@ -76,6 +98,7 @@ def train(model, optimizer, scheduler, loader, accelerator: Accelerator, total_s
     steps, and at the last, one line with the loss goes to the log."""
     state = state or TrainState()
     params = [p for p in model.parameters() if p.requires_grad]
+    loss_of = training_loss(accelerator.unwrap_model(model))
     window_loss, window_batches, window_tokens = 0.0, 0, 0
     progress = tqdm(total=total_steps, initial=state.step, desc="train", disable=not accelerator.is_main_process)
     model.train()
@@ -90,7 +113,7 @@ def train(model, optimizer, scheduler, loader, accelerator: Accelerator, total_s
         for batch in batches:
             state.batches_in_epoch += 1
             with accelerator.accumulate(model):
-                loss = model(**batch).loss
+                loss = loss_of(model, batch)
                 accelerator.backward(loss)
                 window_loss += loss.detach().float()
                 window_batches += 1
