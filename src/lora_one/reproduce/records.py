@@ -15,6 +15,7 @@ import json
 import os
 import statistics
 import subprocess
+import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
@@ -101,12 +102,20 @@ def all_records(records: Path) -> list[dict]:
     return [json.loads(p.read_text()) for p in sorted(records.rglob("*.json"))] if records.exists() else []
 
 
-def commit_record(repo: Path, path: Path, cell: Cell) -> None:
+def commit_record(repo: Path, path: Path, cell: Cell, attempts: int = 5) -> None:
     """Commit one finished cell's record alone (nothing else staged is touched), so a study larger
-    than one sitting resumes from the repository on another machine."""
+    than one sitting resumes from the repository on another machine. Another git process holding the
+    index lock (a run's provenance reads `git status`) is waited out."""
     relative = str(path.resolve().relative_to(repo.resolve()))
-    git(repo, "add", "--", relative)
-    git(repo, "commit", "--quiet", "--only", "-m", f"study: {cell.name}", "--", relative)
+    for attempt in range(attempts):
+        try:
+            git(repo, "add", "--", relative)
+            git(repo, "commit", "--quiet", "--only", "-m", f"study: {cell.name}", "--", relative)
+            return
+        except subprocess.CalledProcessError:
+            if attempt == attempts - 1:
+                raise
+            time.sleep(2 ** attempt)
 
 
 # --- what a record says
