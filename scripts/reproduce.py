@@ -5,7 +5,8 @@
     python scripts/reproduce.py verify --sample 3   # re-run cells from scratch, every number beside its record
     python scripts/reproduce.py paper --table gsm8k [--dry-run] [overrides]  # the paper table's slurm job arrays
 
-The logic lives in src/lora_one/reproduce/ (plan, runner, report, figures, paper)."""
+The logic lives in src/lora_one/reproduce/ (plan, runner, records, stats, report, figures, verify, one_step,
+paper)."""
 import argparse
 import dataclasses
 import json
@@ -18,13 +19,18 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path[:0] = [str(ROOT), str(ROOT / "src")]  # run_exp.py, and this checkout's package
 os.environ.setdefault("LORA_ONE_CONF", str(ROOT / "conf"))
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
-# The same kernels on every x86-64 machine, set before torch loads (workers inherit them): torch picks its
-# vectorised kernels, oneDNN and MKL their code paths, by the CPU, so an AVX-512 machine adds in another
-# order than an AVX2 one, and a 100-step run amplifies the last bit (measured: a 6-step SST-2 cell's
-# held-out loss 0.6603316 with ATen's AVX2 kernels, 0.6603149 with its generic ones). Each record keeps them.
-if platform.machine().lower() in ("x86_64", "amd64"):
-    for variable, value in (("ATEN_CPU_CAPABILITY", "avx2"), ("ONEDNN_MAX_CPU_ISA", "AVX2"), ("MKL_CBWR", "AVX2")):
-        os.environ.setdefault(variable, value)
+
+
+def pin_kernels() -> None:
+    """The same kernels on every x86-64 machine, set before torch loads (workers inherit them): torch picks
+    its vectorised kernels, oneDNN and MKL their code paths, by the CPU, so an AVX-512 machine adds in
+    another order than an AVX2 one, and a 100-step run amplifies the last bit (measured: a 6-step SST-2
+    cell's held-out loss 0.6603316 with ATen's AVX2 kernels, 0.6603149 with its generic ones, 0.6603093
+    with MKL_CBWR=COMPATIBLE). Each record keeps them. Set by main, not on import, so a process that
+    imports this module (the tests) keeps its own."""
+    if platform.machine().lower() in ("x86_64", "amd64"):
+        for variable, value in (("ATEN_CPU_CAPABILITY", "avx2"), ("ONEDNN_MAX_CPU_ISA", "AVX2"), ("MKL_CBWR", "AVX2")):
+            os.environ.setdefault(variable, value)
 
 
 RECORDS = ROOT / "docs" / "reproduction" / "cells"
@@ -164,6 +170,7 @@ def at_least_one(text: str) -> int:
 
 
 def main(argv=None) -> None:
+    pin_kernels()
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     sub = parser.add_subparsers(dest="command", required=True)
     cpu_command = sub.add_parser("cpu", help="run the CPU study (cells with a committed record are skipped), commit "
