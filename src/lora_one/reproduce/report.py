@@ -302,8 +302,8 @@ def status_lines(study: Study, tasks: list[TaskRuns]) -> list[str]:
     finished_tuning = sum(len(t.tuning_records) for t in tasks)
     planned_final = len(study.tasks) * len(study.methods) * len(study.seeds)
     finished_final = sum(len(m.runs) for t in tasks for m in t.methods)
-    missing = [f"{t.task.name} {m.method} ({m.planned - len(m.runs)} seeds)" for t in tasks for m in t.methods
-               if len(m.runs) < m.planned]
+    missing = [f"{t.task.name} {m.method} ({left} seed{'s' if left > 1 else ''})" for t in tasks for m in t.methods
+               if (left := m.planned - len(m.runs)) > 0]
     lines = [f"- tuning runs finished: {finished_tuning} of {planned_tuning} (the grids as extended so far); "
              f"seed runs finished: {finished_final} of {planned_final}",
              "- missing: " + ("; ".join(missing) if missing else "nothing: every cell is filled from real runs")]
