@@ -98,10 +98,6 @@ def read_record(records: Path, cell: Cell, digest: str | None = None) -> dict | 
     return record
 
 
-def all_records(records: Path) -> list[dict]:
-    return [json.loads(p.read_text()) for p in sorted(records.rglob("*.json"))] if records.exists() else []
-
-
 def commit_record(repo: Path, path: Path, cell: Cell, attempts: int = 5) -> None:
     """Commit one finished cell's record alone (nothing else staged is touched), so a study larger
     than one sitting resumes from the repository on another machine. Another git process holding the
