@@ -66,8 +66,9 @@ def cpu(args) -> None:
         raise SystemExit(f"error: the committed records were computed by code state {recorded}, this checkout is "
                          f"{code.digest} (commit {code.commit[:12]}): one study never mixes code states. Check out the "
                          "study's commit to resume it, or pass --new-code-state to start it again under this code")
-    STUDY_STATE.parent.mkdir(parents=True, exist_ok=True)
-    STUDY_STATE.write_text(json.dumps(code.as_dict(), indent=1, sort_keys=True) + "\n")
+    if recorded != code.digest:  # a new study: its state and the commit that re-creates its code
+        STUDY_STATE.parent.mkdir(parents=True, exist_ok=True)
+        STUDY_STATE.write_text(json.dumps(code.as_dict(), indent=1, sort_keys=True) + "\n")
     study = cpu_study()
     if args.tasks:
         study = dataclasses.replace(study, tasks=tuple(study.task(name) for name in args.tasks))
