@@ -162,13 +162,18 @@ def run_here(cells: list[Cell], study: Study, store: Store, run_fn: RunFn, progr
     """The cells one after another in this process; returns those that failed."""
     failed = []
     for cell in cells:
-        outcome, results = run_cell(cell, store.runs, run_fn, study.threads)
-        if results is None:
-            failed.append(cell)
-        else:
-            store.keep(cell, results)
-        progress.line(cell, outcome)
+        finish_cell(cell, *run_cell(cell, store.runs, run_fn, study.threads), store, progress, failed)
     return failed
+
+
+def finish_cell(cell: Cell, outcome: str, results: dict | None, store: Store, progress: Progress,
+                failed: list[Cell]) -> None:
+    """A run's end, in the process that keeps records: its record kept (or the cell listed as failed), its line."""
+    if results is None:
+        failed.append(cell)
+    else:
+        store.keep(cell, results)
+    progress.line(cell, outcome)
 
 
 def tune(study: Study, tasks: list[Task], store: Store, run_cells: Callable[[list[Cell]], list[Cell]],
@@ -225,12 +230,7 @@ def run_in_pool(pool: Executor, cells: list[Cell], study: Study, store: Store, r
     futures = {pool.submit(run_cell, cell, store.runs, run_fn, study.threads): cell for cell in cells}
     failed = []
     for future in as_completed(futures):
-        outcome, results = future.result()
-        if results is None:
-            failed.append(futures[future])
-        else:
-            store.keep(futures[future], results)
-        progress.line(futures[future], outcome)
+        finish_cell(futures[future], *future.result(), store, progress, failed)
     return failed
 
 
