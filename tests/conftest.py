@@ -42,3 +42,20 @@ def shared_data() -> Path:
     if not SHARED_DATA.exists():
         pytest.skip("../shared/data is not present")
     return SHARED_DATA
+
+
+@pytest.fixture(autouse=True)
+def torch_threads_restored():
+    """A test that runs a study cell in-process sets the cell's thread count for the whole process
+    (runner.limit_threads: torch and OMP_NUM_THREADS); put both back, so a later test's in-process run
+    and its subprocesses compute with the threads they started with (the bits depend on it)."""
+    import torch
+
+    threads, env = torch.get_num_threads(), {k: os.environ.get(k) for k in ("OMP_NUM_THREADS", "MKL_NUM_THREADS")}
+    yield
+    torch.set_num_threads(threads)
+    for key, value in env.items():
+        if value is None:
+            os.environ.pop(key, None)
+        else:
+            os.environ[key] = value
