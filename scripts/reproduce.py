@@ -63,9 +63,12 @@ def cpu(args) -> None:
     code = clean_code_state()
     recorded = study_digest()
     if recorded not in (None, code.digest) and not args.new_code_state:
+        study_commit = json.loads(STUDY_STATE.read_text())["commit"][:12]
         raise SystemExit(f"error: the committed records were computed by code state {recorded}, this checkout is "
-                         f"{code.digest} (commit {code.commit[:12]}): one study never mixes code states. Check out the "
-                         "study's commit to resume it, or pass --new-code-state to start it again under this code")
+                         f"{code.digest} (commit {code.commit[:12]}): one study never mixes code states. Resume it from "
+                         f"the study's code beside this checkout (`git worktree add ../study {study_commit}`, then this "
+                         "command there; merge the records it commits back), or pass --new-code-state to start it "
+                         "again under this code")
     if recorded != code.digest:  # a new study: its state and the commit that re-creates its code
         STUDY_STATE.parent.mkdir(parents=True, exist_ok=True)
         STUDY_STATE.write_text(json.dumps(code.as_dict(), indent=1, sort_keys=True) + "\n")

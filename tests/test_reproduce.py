@@ -451,3 +451,20 @@ def test_paper_dry_run_prints_and_launches_nothing():
     assert len(lines) == 6 and all(line.startswith("python run_exp.py -m hydra/launcher=slurm experiment=llama2_metamath")
                                    and "model.learning_rate=1e-4,2e-4" in line for line in lines)
     assert not (ROOT / "multirun" / "paper" / "gsm8k").exists()
+
+
+def test_cpu_refuses_another_code_state_and_names_the_worktree_that_resumes_it(tmp_path, monkeypatch):
+    import importlib.util
+    import types
+
+    spec = importlib.util.spec_from_file_location("reproduce_script", ROOT / "scripts" / "reproduce.py")
+    script = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(script)
+    state = tmp_path / "study.json"
+    state.write_text(json.dumps({"commit": "abcdef0123456789" * 2 + "abcdef01", "digest": "0000000000000000", "dirty": False}))
+    monkeypatch.setattr(script, "STUDY_STATE", state)
+    monkeypatch.setattr(script, "clean_code_state", lambda: CODE)
+    with pytest.raises(SystemExit, match=r"code state 0000000000000000, this checkout is feedfacecafebeef .*"
+                                         r"`git worktree add \.\./study abcdef012345`"):
+        script.cpu(types.SimpleNamespace(new_code_state=False))
+    assert json.loads(state.read_text())["digest"] == "0000000000000000"  # the study's state is left as it was
