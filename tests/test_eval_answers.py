@@ -17,6 +17,8 @@ from lora_one.eval.answers import (CHOICE_PATTERNS, extract_choice, extract_fina
     ("The answer is $5. Then she buys 7 more apples.", 5),            # a later sentence does not count
     ("3 + 4 = 7 apples, 7 - 2 = 5 left", 5),                          # no marker: the last number
     ("First 10 then #### 12\nSome rambling with 99", 12),             # the marker wins over later numbers
+    ("#### 18\n#### 18\n#### 1", 18),                                 # repeated until cut mid-number: the first complete
+    ("The answer is 5.\nThe answer is 7.\nThe answer is 1", 5),       # the first complete statement
     ("It is 3-4 degrees warmer", 4),                                  # a range is not a negative number
     ("The temperature fell to -3 degrees", -3),
     ("It costs .5 dollars", 0.5),

@@ -61,9 +61,10 @@ def test_generating_evaluators_run_on_both_architectures(shared_data, tmp_path, 
     metrics = run_benchmark(task, cfg, str(tmp_path), model, tokenizer, Accelerator(cpu=True))
     records = [json.loads(line) for line in open(tmp_path / f"{task}_predictions.jsonl")]
     assert len(records) == 3 and metrics
-    stop = BENCHMARKS[task].STOP
+    decoding = BENCHMARKS[task].decoding(cfg)
     for record in records:
-        assert record["completion"] == truncate_at_stop(greedy_reference(model, tokenizer, record["prompt"], 8), stop)
+        greedy = greedy_reference(model, tokenizer, record["prompt"], 8)
+        assert record["completion"] == truncate_at_stop(greedy, decoding.stop, decoding.stop_after)
 
 
 def test_seeded_sampling_gives_several_reproducible_samples():
@@ -87,6 +88,23 @@ def test_batch_plan_is_shared_by_any_number_of_processes():
 def test_stop_strings_cut_the_completion():
     assert truncate_at_stop("#### 18\n\n### Instruction:\nMore", ("### Instruction", "Below is")) == "#### 18\n\n"
     assert truncate_at_stop("no stop here", ("###",)) == "no stop here"
+
+
+def test_gsm8k_completions_end_at_the_first_answer_line():
+    """A model that repeats "#### 18" until max_new_tokens cuts the last one mid-number: generation stops
+    each row at its first complete answer line, and the completion is cut there."""
+    from lora_one.eval.generation import PatternMatched
+    from lora_one.eval.gsm8k import ANSWER_LINE
+
+    assert truncate_at_stop("9 * 2 = 18\n#### 18\n#### 18\n#### 1", (), ANSWER_LINE) == "9 * 2 = 18\n#### 18\n"
+    assert truncate_at_stop("#### 1", (), ANSWER_LINE) == "#### 1"  # not ended yet: nothing to cut
+    _, tokenizer = tiny_model()
+    prompt = tokenizer("Q: 9 * 2?\nA:")["input_ids"]
+    rows = [prompt + tokenizer(text, add_special_tokens=False)["input_ids"] for text in ("#### 18\n#", "#### 1", "18\n")]
+    width = max(map(len, rows))
+    batch = torch.tensor([r + [tokenizer.pad_token_id] * (width - len(r)) for r in rows])  # a finished row is padded
+    stopped = PatternMatched(ANSWER_LINE, tokenizer, len(prompt))(batch, None)
+    assert stopped.tolist() == [True, False, False]
 
 
 def test_eval_group_lists_compose():

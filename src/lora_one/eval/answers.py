@@ -39,16 +39,26 @@ def last_number(text: str) -> float | None:
 
 
 def extract_final_number(text: str) -> float | None:
-    """The solution's final answer: the last number of the statement after the last "####", else
-    after the last "answer is" ("The answer is 2 * 1.5 = 3." → 3), else the last number anywhere."""
+    """The solution's final answer: the last number of the first complete answer statement after a
+    "####", else after an "answer is" ("The answer is 2 * 1.5 = 3." → 3), else the last number anywhere.
+    A statement is complete when its line or sentence ends; one running to the end of the text may have
+    been cut off by max_new_tokens ("#### 18\n#### 18\n#### 1" → 18), so it counts only when no marker
+    has a complete one ("#### 18" → 18)."""
     for marker in ANSWER_MARKERS:
-        starts = [m.end() for m in marker.finditer(text)]
-        if starts:
-            statement = STATEMENT_END.split(text[starts[-1]:].lstrip(" :$\n"), maxsplit=1)[0]
-            value = last_number(statement)
-            if value is not None:
-                return value
+        statements = [statement_after(text, m.end()) for m in marker.finditer(text)]
+        complete = [value for statement, ended in statements if ended and (value := last_number(statement)) is not None]
+        if complete:
+            return complete[0]
+        if statements and (value := last_number(statements[-1][0])) is not None:
+            return value
     return last_number(text)
+
+
+def statement_after(text: str, start: int) -> tuple[str, bool]:
+    """The statement that starts at `start` (to the end of its line or sentence), and whether it ended
+    before the text did."""
+    parts = STATEMENT_END.split(text[start:].lstrip(" :$\n"), maxsplit=1)
+    return parts[0], len(parts) == 2
 
 
 def numbers_equal(a: float | None, b: float | None) -> bool:

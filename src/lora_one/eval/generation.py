@@ -4,6 +4,7 @@ and any other per-batch model call, split across Accelerate processes.
 The prompts are sorted by length and cut into batches once; process p takes batches p, p+P, ...
 So every batch holds the same prompts, with the same padding, whatever the number of processes,
 and the gathered results are those of one process."""
+import re
 from dataclasses import dataclass
 from typing import Callable, Sequence
 
@@ -11,7 +12,7 @@ import torch
 from accelerate import Accelerator
 from accelerate.utils import gather_object
 from tqdm.auto import tqdm
-from transformers import GenerationConfig
+from transformers import GenerationConfig, StoppingCriteria, StoppingCriteriaList
 
 from lora_one.eval.scoring import is_encoder_decoder
 
@@ -24,6 +25,7 @@ class Decoding:
     num_beams: int = 1
     num_samples: int = 1  # completions per prompt
     stop: tuple[str, ...] = ()  # the completion is cut before the first of these
+    stop_after: str = ""  # a regex: the completion ends with its first match (a row's generation stops there)
     seed: int = 0  # sampling: batch b draws from seed + b, so any process count samples alike
 
     def generation_config(self, tokenizer) -> GenerationConfig:
@@ -68,9 +70,25 @@ def map_batches(run_batch: Callable[[int, list[int]], list], lengths: Sequence[i
     return ordered
 
 
-def truncate_at_stop(text: str, stop: Sequence[str]) -> str:
+def truncate_at_stop(text: str, stop: Sequence[str], stop_after: str = "") -> str:
+    """`text` up to the first stop string, or to the end of the first `stop_after` match if earlier."""
     cut = min((text.find(s) for s in stop if s in text), default=len(text))
+    if stop_after and (match := re.search(stop_after, text)) is not None:
+        cut = min(cut, match.end())
     return text[:cut]
+
+
+class PatternMatched(StoppingCriteria):
+    """Stops each row once its completion (the tokens after `prompt_length`) matches `pattern`: e.g. a
+    GSM8K solution's "#### 18" line, after which a model that never learnt to stop repeats itself until
+    max_new_tokens and may end on a number cut in half."""
+
+    def __init__(self, pattern: str, tokenizer, prompt_length: int):
+        self.pattern, self.tokenizer, self.prompt_length = re.compile(pattern), tokenizer, prompt_length
+
+    def __call__(self, input_ids: torch.LongTensor, scores, **kwargs) -> torch.BoolTensor:
+        texts = self.tokenizer.batch_decode(input_ids[:, self.prompt_length:], skip_special_tokens=True)
+        return torch.tensor([self.pattern.search(text) is not None for text in texts], device=input_ids.device)
 
 
 def prompt_lengths(tokenizer, prompts: Sequence[str]) -> list[int]:
@@ -92,11 +110,13 @@ def generate(model, tokenizer, prompts: Sequence[str], decoding: Decoding, batch
         batch = batch.to(accelerator.device)
         if decoding.temperature > 0:
             torch.manual_seed(decoding.seed + number)
-        output = model.generate(**batch, generation_config=config, tokenizer=tokenizer)
-        # a causal model returns prompt + completion; an encoder-decoder model only the decoder's text
-        completion = output if is_encoder_decoder(model) else output[:, batch["input_ids"].shape[1]:]
-        texts = tokenizer.batch_decode(completion, skip_special_tokens=True)
-        texts = [truncate_at_stop(t, decoding.stop) for t in texts]
+        # a causal model's output starts with the (left-padded) prompt; an encoder-decoder's decoder starts fresh
+        prompt_length = 0 if is_encoder_decoder(model) else batch["input_ids"].shape[1]
+        stopping = StoppingCriteriaList([PatternMatched(decoding.stop_after, tokenizer, prompt_length)]
+                                        if decoding.stop_after else [])
+        output = model.generate(**batch, generation_config=config, tokenizer=tokenizer, stopping_criteria=stopping)
+        texts = tokenizer.batch_decode(output[:, prompt_length:], skip_special_tokens=True)
+        texts = [truncate_at_stop(t, decoding.stop, decoding.stop_after) for t in texts]
         n = decoding.num_samples
         return [texts[row * n:(row + 1) * n] for row in range(len(indices))]
 

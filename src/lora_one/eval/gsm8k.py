@@ -8,6 +8,7 @@ from lora_one.eval.records import read_completions, read_rows, select
 
 HUB_ID, HUB_CONFIG = "openai/gsm8k", "main"
 STOP = ("### Instruction", "Below is an instruction")  # the model starting a new example by itself
+ANSWER_LINE = r"####[^\n]*\d[^\n]*\n"  # the training format's answer line, ended: nothing after it counts
 
 
 def load_items(cfg) -> list[dict]:
@@ -23,7 +24,7 @@ def load_items(cfg) -> list[dict]:
 
 def decoding(cfg) -> Decoding:
     return Decoding(max_new_tokens=cfg.max_new_tokens, temperature=cfg.temperature, top_p=cfg.top_p,
-                    stop=STOP, seed=cfg.seed)
+                    stop=STOP, stop_after=ANSWER_LINE, seed=cfg.seed)
 
 
 def judge(item: dict, completion: str) -> dict:
