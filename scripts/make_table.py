@@ -15,16 +15,14 @@ per row), table.tex and, per training dataset, loss_<dataset>.png: the mean trai
 each row, shaded ± 1 std over seeds.
 
 With `--layout reproduction` (a paper-scale sweep, `python scripts/reproduce.py paper --table gsm8k`),
-writes instead reproduction.md in REPRODUCTION.md's per-task layout: per task (a benchmark; GLUE: its
-task; runs without one: the training dataset) one table, a row per group of seeds: method, the
-learning rate, the task's metric in percent (MCC ×100), held-out loss, steps, wall time per run and
-the number published at paper scale; then the provenance and the published numbers' sources.
+writes instead reproduction.md: per task (a benchmark; GLUE: its task; runs without one: the training
+dataset) REPRODUCTION.md's table (reproduce/tables.py), a row per group of seeds, paired to the LoRA
+row at the same settings; then the provenance and the published numbers' sources.
 
     python scripts/make_table.py multirun/2026-01-01/12-00-00 [--out DIR] [--layout reproduction]
 """
 import argparse
 import json
-import statistics
 import sys
 from collections import defaultdict
 from dataclasses import dataclass, field
@@ -34,9 +32,9 @@ import matplotlib
 import yaml
 from hydra.core.override_parser.overrides_parser import OverridesParser
 
+from lora_one.reproduce import tables
 from lora_one.reproduce.published import published_cell, published_table
-from lora_one.reproduce.records import metric_name, wall_seconds
-from lora_one.reproduce.report import METRIC_NAMES
+from lora_one.reproduce.records import metric_name
 from lora_one.reproduce.stats import mean_std
 
 matplotlib.use("Agg")
@@ -50,8 +48,6 @@ EVAL_LOSS = "eval loss"
 BOOKKEEPING = {"cache_dir", "resume", "checkpoint", "wandb", "hydra"}
 # Keys the Method column already shows.
 METHOD_KEYS = {"init", "init.name", "init.direction", "optim", "optim.name"}
-# Provenance entries that differ between any two runs by nature.
-RUN_TIMES = ("start", "end")
 LEARNING_RATE = "model.learning_rate"  # the reproduction layout's lr column
 # make_table's method names that the paper (and published.py) names otherwise; AdamW, the paper's
 # default optimizer, is left out of every other name ("LoRA-One + adamw" is the paper's "LoRA-One").
@@ -238,10 +234,7 @@ def setting_order(value: str) -> tuple:
 
 def cell_text(values: list[float], metric: str) -> str:
     """Losses as they are; accuracies and pass rates in percent."""
-    mean, std = mean_std(values)
-    if metric == EVAL_LOSS:
-        return f"{mean:.4f} ± {std:.4f}"
-    return f"{100 * mean:.2f} ± {100 * std:.2f}"
+    return tables.pm(values, 4) if metric == EVAL_LOSS else tables.pm([100 * v for v in values], 2)
 
 
 def best_rows(rows: list[Row], column) -> set[int]:
@@ -258,10 +251,6 @@ def header_of(column) -> str:
     return f"{task} {metric} ↓" if metric == EVAL_LOSS else f"{task} {metric} (%) ↑"
 
 
-def seeds_of(row: Row) -> int:
-    return max(len(values) for values in row.cells.values())
-
-
 def table_cells(rows: list[Row], columns, escape=str, bold="**{}**", missing="–") -> list[list[str]]:
     """Per row: method, settings, seed count, then each metric cell (the best of a column in bold)."""
     best = {c: best_rows(rows, c) for c in columns}
@@ -272,7 +261,8 @@ def table_cells(rows: list[Row], columns, escape=str, bold="**{}**", missing="�
             values = row.cells.get(column)
             text = escape(cell_text(values, column[1])) if values else missing
             cells.append(bold.format(text) if i in best[column] and len(rows) > 1 else text)
-        lines.append([escape(row.method), *map(escape, row.settings), str(seeds_of(row)), *cells])
+        seeds = max(len(values) for values in row.cells.values())
+        lines.append([escape(row.method), *map(escape, row.settings), str(seeds), *cells])
     return lines
 
 
@@ -333,40 +323,31 @@ def provenance_section(rows: list[Row]) -> str:
     return "\n".join(lines) + "\n"
 
 
-def task_scores(results: dict) -> dict[str, tuple[str, float]]:
-    """{task: (metric, value)} of each benchmark a run scored, as REPRODUCTION.md names them: a
-    benchmark configured with a `task` (GLUE: the run's dataset) is that task, scored by its
+def task_scores(results: dict) -> dict[str, tuple[str | None, str | None, float | None]]:
+    """{task: (benchmark, metric, value)} of each benchmark a run scored, as REPRODUCTION.md names
+    them: a benchmark configured with a `task` (GLUE: the run's dataset) is that task, scored by its
     `main_metric` (records.metric_name: CoLA's Matthews correlation, MRPC's F1); any other is its own
-    task, scored by its headline metric."""
+    task, scored by its headline metric. A run that scored none counts under its training dataset with
+    neither (its held-out loss is the whole result)."""
     scores = {}
     for benchmark, metrics in (results.get("eval") or {}).items():
         found = (metric_name(results, benchmark), metrics[metric_name(results, benchmark)]) if "main_metric" in metrics \
             else headline(metrics)
         if found is not None:
-            scores[results["config"]["eval"][benchmark].get("task", benchmark)] = found
-    return scores
+            scores[results["config"]["eval"][benchmark].get("task", benchmark)] = (benchmark, *found)
+    return scores or {results["config"]["dataset"]["name"]: (None, None, None)}
 
 
-def row_scores(row: Row) -> dict[str, tuple[str | None, list[float]]]:
-    """task → (metric, the seeds' values) of one row; runs that scored no benchmark count under their
-    training dataset with no metric (their held-out loss is the whole result)."""
-    scores = {}
-    for run in row.runs:
-        scored = task_scores(run.results)
-        if not scored:
-            scores.setdefault(run.results["config"]["dataset"]["name"], (None, []))
-        for task, (metric, value) in scored.items():
-            scores.setdefault(task, (metric, []))[1].append(value)
-    return scores
-
-
-def rows_by_task(rows: list[Row]) -> dict[str, list[tuple[Row, str | None, list[float]]]]:
-    """task → [(row, metric, its seeds' values)] in row order, tasks in name order."""
-    by_task = defaultdict(list)
-    for row in rows:
-        for task, (metric, values) in row_scores(row).items():
-            by_task[task].append((row, metric, values))
-    return dict(sorted(by_task.items()))
+def rows_by_task(rows: list[Row]) -> dict[str, list[tuple[Row, str | None, str | None, dict[int, float]]]]:
+    """task → [(row, benchmark, metric, seed → value in percent)] in row order, tasks in name order."""
+    by_task = defaultdict(dict)  # task → row index → its entry
+    for index, row in enumerate(rows):
+        for run in row.runs:
+            for task, (benchmark, metric, value) in task_scores(run.results).items():
+                seeds = by_task[task].setdefault(index, (row, benchmark, metric, {}))[3]
+                if value is not None:
+                    seeds[run.results["config"]["seed"]] = 100 * value
+    return {task: list(entries.values()) for task, entries in sorted(by_task.items())}
 
 
 def paper_name(method: str) -> str:
@@ -374,37 +355,22 @@ def paper_name(method: str) -> str:
     return PAPER_NAMES.get(method, method.removesuffix(" + adamw"))
 
 
-def reproduction_row(task: str, row: Row, metric: str | None, values: list[float], shown: list[int]) -> str:
-    """One row of report.py's task table for a group of seeds: its rate, the metric in percent (MCC
-    ×100) with the seed count, held-out loss, steps, wall time and the published number. report's
-    table_row needs the CPU study's planned cells (MethodRuns, Task), hence this sibling."""
-    runs = [run.results for run in row.runs]
-    if metric is None:
-        score = "– (no benchmark)"
-    else:
-        mean, std = mean_std([100 * v for v in values])
-        score = f"{mean:.2f} ± {std:.2f} ({len(values)} seed{'s' * (len(values) != 1)})"
-    loss_mean, loss_std = mean_std([r["eval_loss"] for r in runs])
-    steps = "/".join(str(s) for s in sorted({r["steps"] for r in runs}))
-    walls = [wall_seconds(r) for r in runs if r.get("provenance")]
-    wall = f"{statistics.fmean(walls):.0f} s" if walls else "–"
-    cells = [row.method, *(row.settings[i] for i in shown), shown_value(runs[0]["config"], LEARNING_RATE), score,
-             f"{loss_mean:.4f} ± {loss_std:.4f}", steps, wall, published_cell(task, paper_name(row.method))]
-    return "| " + " | ".join(cells) + " |"
-
-
-def reproduction_table(task: str, entries: list[tuple[Row, str | None, list[float]]], settings: list[str]) -> str:
-    """report.py's task table (method | lr | metric | held-out loss | steps | wall time | published),
-    with a column after the method for each setting other than the rate that differs between its rows."""
+def reproduction_table(task: str, entries: list[tuple[Row, str | None, str | None, dict[int, float]]],
+                       settings: list[str]) -> str:
+    """tables.py's task table, a column for each setting but the rate that differs between its rows;
+    a row's paired Δ is to the LoRA row at the same settings (rate, dataset ...)."""
     shown = [i for i, key in enumerate(settings)
-             if key != LEARNING_RATE and len({row.settings[i] for row, _, _ in entries}) > 1]
-    metric = next((m for _, m, _ in entries if m is not None), None)
-    label = "metric" if metric is None else METRIC_NAMES.get(metric, f"{metric} (%)")
-    header = ["method", *(settings[i] for i in shown), "lr", f"{label}, mean ± std over seeds", "held-out loss",
-              "steps", "wall time per run", "published, paper scale"]
-    lines = ["| " + " | ".join(header) + " |", "|---|" + "---|" * len(shown) + "---:|" * 5 + "---|"]
-    lines += [reproduction_row(task, row, m, values, shown) for row, m, values in entries]
-    return "\n".join(lines) + "\n"
+             if key != LEARNING_RATE and len({row.settings[i] for row, *_ in entries}) > 1]
+    summaries = [tables.RowSummary(row.method, shown_value(row.runs[0].results["config"], LEARNING_RATE),
+                                   published_cell(task, paper_name(row.method)),
+                                   {run.results["config"]["seed"]: run.results for run in row.runs}, scores, benchmark,
+                                   tuple(row.settings[i] for i in shown)) for row, benchmark, _, scores in entries]
+    lora = {row.settings: summary for (row, *_), summary in zip(entries, summaries) if paper_name(row.method) == tables.LORA}
+    for (row, *_), summary in zip(entries, summaries):
+        if paper_name(row.method) != tables.LORA:
+            summary.reference = lora.get(row.settings)
+    metric = next((m for _, _, m, _ in entries if m is not None), None)
+    return tables.markdown(summaries, tables.metric_label(metric), "lr", tuple(settings[i] for i in shown))
 
 
 def reproduction_markdown(rows: list[Row], settings: list[str], source: Path) -> str:

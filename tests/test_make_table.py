@@ -12,8 +12,9 @@ from conftest import ROOT, TINY
 
 sys.path.insert(0, str(ROOT / "scripts"))
 import make_table  # noqa: E402
+from lora_one.reproduce import report  # noqa: E402
 from lora_one.reproduce.paper import PAPER_METHODS  # noqa: E402
-from lora_one.reproduce.plan import slug  # noqa: E402
+from lora_one.reproduce.plan import Task, slug  # noqa: E402
 
 
 def write_results(path, direction, seed, eval_loss, curve, benchmarks=None, init="gradient", optim="adamw",
@@ -138,17 +139,20 @@ def test_benchmark_headline_metrics_become_columns(tmp_path):
 
 
 def paper_gsm8k_sweep(root):
-    """LoRA-One and LoRA-One + scaled_adamw × seeds 1, 2 on gsm8k, laid out and launched as
+    """LoRA, LoRA-One and LoRA-One + scaled_adamw × seeds 1, 2 on gsm8k, laid out and launched as
     `reproduce.py paper --table gsm8k` does (<table>/<method>/<job>). LoRA-One's runs record their
-    provenance (wall times 300 s and 1800 s), the scaled_adamw runs do not."""
-    runs = {("LoRA-One", "adamw"): [(0.55, 1.0, ("2026-01-01T10:00:00+00:00", "2026-01-01T10:05:00+00:00")),
-                                    (0.60, 1.2, ("2026-01-01T09:00:00+00:00", "2026-01-01T09:30:00+00:00"))],
-            ("LoRA-One + scaled_adamw", "scaled_adamw"): [(0.40, 1.5, None), (0.46, 1.9, None)]}
-    for (method, optim), seeds in runs.items():
-        method_overrides = ["init=gradient", "init.direction=LoRA-One", *([f"optim={optim}"] if optim != "adamw" else [])]
+    provenance (wall times 300 s and 1800 s), the others do not."""
+    runs = {("LoRA", "default", None, "adamw"): [(0.50, 1.2, None), (0.548, 1.3, None)],
+            ("LoRA-One", "gradient", "LoRA-One", "adamw"): [
+                (0.55, 1.0, ("2026-01-01T10:00:00+00:00", "2026-01-01T10:05:00+00:00")),
+                (0.60, 1.2, ("2026-01-01T09:00:00+00:00", "2026-01-01T09:30:00+00:00"))],
+            ("LoRA-One + scaled_adamw", "gradient", "LoRA-One", "scaled_adamw"): [(0.40, 1.5, None), (0.46, 1.9, None)]}
+    for (method, init, direction, optim), seeds in runs.items():
+        method_overrides = [f"init={init}", *([f"init.direction={direction}"] if direction else []),
+                            *([f"optim={optim}"] if optim != "adamw" else [])]
         for seed, (accuracy, loss, times) in enumerate(seeds, 1):
-            write_results(root / "gsm8k" / slug(method) / str(seed - 1), "LoRA-One", seed, loss, [3.0, 2.0, 1.5],
-                          {"gsm8k": {"accuracy": accuracy, "n": 1319}}, optim=optim,
+            write_results(root / "gsm8k" / slug(method) / str(seed - 1), direction, seed, loss, [3.0, 2.0, 1.5],
+                          {"gsm8k": {"accuracy": accuracy, "n": 1319}}, init=init, optim=optim,
                           overrides=["hydra/launcher=slurm", "experiment=llama2_metamath", *method_overrides,
                                      f"seed={seed}"],
                           provenance=provenance_record("a" * 40, *times) if times else None,
@@ -156,20 +160,28 @@ def paper_gsm8k_sweep(root):
 
 
 def test_reproduction_layout_of_a_paper_sweep(tmp_path):
-    """Per task, report.py's table: a row per method, the metric in percent with its seed count.
-    By hand: LoRA-One accuracy (55, 60) → 57.50 ± 5/√2 = 3.54, held-out loss (1.0, 1.2) → 1.1000 ±
-    0.1414, wall time (300 s + 1800 s) / 2 = 1050 s; scaled_adamw (40, 46) → 43.00 ± 6/√2 = 4.24, loss
-    (1.5, 1.9) → 1.7000 ± 0.2828, no wall time recorded. Published: LoRA-One's README curve [1]."""
+    """Per task, REPRODUCTION.md's table: a row per method, the metric in percent with its seed count,
+    each paired to LoRA's seeds. By hand: LoRA accuracy (50, 54.8) → 52.40 ± 4.8/√2 = 3.39, loss (1.2,
+    1.3) → 1.2500 ± 0.0707. LoRA-One accuracy (55, 60) → 57.50 ± 5/√2 = 3.54, minus LoRA's: 5, 5.2 →
+    5.10 ± t(0.975, 1)·0.1414/√2 = 12.706·0.1 → [3.83, 6.37], resolved; held-out loss (1.0, 1.2) → 1.1000
+    ± 0.1414, minus LoRA's: -0.2, -0.1 → -0.15 ± 12.706·0.05 → [-0.7853, +0.4853]; wall time (300 s +
+    1800 s) / 2 = 1050 s. scaled_adamw (40, 46) → 43.00 ± 6/√2 = 4.24, minus LoRA's: -10, -8.8 → -9.40 ±
+    12.706·0.6 → [-17.02, -1.78]; loss (1.5, 1.9) → 1.7000 ± 0.2828, minus LoRA's: 0.3, 0.6 → +0.45 ±
+    12.706·0.15 → [-1.4559, +2.3559]. gsm8k has no per-class counts, so no one-class runs; LoRA and
+    scaled_adamw recorded no wall time. Published: LoRA-One's README curve [1], LoRA-GA's paper [2]."""
     paper_gsm8k_sweep(tmp_path / "sweep")
     make_table.main([str(tmp_path / "sweep"), "--layout", "reproduction", "--out", str(tmp_path / "out")])
     markdown = (tmp_path / "out" / "reproduction.md").read_text()
     section = markdown.split("## gsm8k\n\n")[1].split("\n\n")[0].splitlines()
     assert section == [
-        "| method | lr | accuracy (%), mean ± std over seeds | held-out loss | steps | wall time per run | "
-        "published, paper scale |",
-        "|---|---:|---:|---:|---:|---:|---|",
-        "| LoRA-One + adamw | 0.0002 | 57.50 ± 3.54 (2 seeds) | 1.1000 ± 0.1414 | 3 | 1050 s | 57.5 / 63.8 [1] |",
-        "| LoRA-One + scaled_adamw | 0.0002 | 43.00 ± 4.24 (2 seeds) | 1.7000 ± 0.2828 | 3 | – | not published |"]
+        "| method | lr | accuracy (%), mean ± std | Δ vs LoRA, paired [95 % CI] | held-out loss | "
+        "Δ loss vs LoRA, paired [95 % CI] | one-class runs | steps | wall time per run | published, paper scale |",
+        "|---|---:|---:|---:|---:|---:|---:|---:|---:|---|",
+        "| LoRA + adamw | 0.0002 | 52.40 ± 3.39 (n=2) | – | 1.2500 ± 0.0707 | – | – | 3 | – | 55.2 / 58.9 [1]; 42.08 [2] |",
+        "| LoRA-One + adamw | 0.0002 | 57.50 ± 3.54 (n=2) | +5.10 [+3.83, +6.37] ✓ | 1.1000 ± 0.1414 | "
+        "-0.1500 [-0.7853, +0.4853] | – | 3 | 1050 s | 57.5 / 63.8 [1] |",
+        "| LoRA-One + scaled_adamw | 0.0002 | 43.00 ± 4.24 (n=2) | -9.40 [-17.02, -1.78] ✓ | 1.7000 ± 0.2828 | "
+        "+0.4500 [-1.4559, +2.3559] | – | 3 | – | not published |"]
     assert "Provenance differs between runs:" in markdown  # make_table's provenance section, per row
     assert "[1] LoRA-One official README" in markdown  # the published numbers' sources
     assert not (tmp_path / "out" / "table.md").exists()
@@ -177,23 +189,57 @@ def test_reproduction_layout_of_a_paper_sweep(tmp_path):
 
 def test_reproduction_layout_names_glue_tasks_and_datasets_without_benchmark(tmp_path):
     """A GLUE run is filed under its task with its main metric (CoLA: MCC ×100, (0.3, 0.5) → 40.00 ±
-    14.14); a learning-rate sweep without benchmark under its dataset, one row per rate."""
-    for seed, mcc in ((1, 0.3), (2, 0.5)):
+    14.14) and its one-class runs (seed 1 predicts `acceptable` for 96 of 100 rows: 1 of 2); a
+    learning-rate sweep without benchmark under its dataset, one row per rate."""
+    for seed, mcc, acceptable in ((1, 0.3, 96), (2, 0.5, 60)):
         write_results(tmp_path / "glue" / str(seed), None, seed, 0.5, [1.0], init="pissa",
                       benchmarks={"glue": {"accuracy": 0.8, "matthews_correlation": mcc,
-                                           "main_metric": "matthews_correlation"}},
+                                           "main_metric": "matthews_correlation",
+                                           "predicted_counts": {"acceptable": acceptable, "unacceptable": 100 - acceptable}}},
                       model={"learning_rate": 1e-4}, eval={"glue": {"task": "cola"}}, dataset={"name": "cola"})
     rows, settings, _ = make_table.aggregate(make_table.load_runs(tmp_path / "glue"))
     assert make_table.reproduction_table("cola", make_table.rows_by_task(rows)["cola"], settings).splitlines()[2] == (
-        "| PiSSA + adamw | 0.0001 | 40.00 ± 14.14 (2 seeds) | 0.5000 ± 0.0000 | 1 | – | "
+        "| PiSSA + adamw | 0.0001 | 40.00 ± 14.14 (n=2) | – | 0.5000 ± 0.0000 | – | 1 of 2 | 1 | – | "
         "not quoted (the paper's table is T5-base) |")
     lr_sweep(tmp_path / "lr", with_overrides=True)
     rows, settings, _ = make_table.aggregate(make_table.load_runs(tmp_path / "lr"))
     assert list(make_table.rows_by_task(rows)) == ["toy_math"]
     table = make_table.reproduction_table("toy_math", make_table.rows_by_task(rows)["toy_math"], settings)
     assert table.splitlines()[2:] == [
-        "| LoRA-One + adamw | 0.001 | – (no benchmark) | 2.5000 ± 0.7071 | 1 | – | not published |",
-        "| LoRA-One + adamw | 0.1 | – (no benchmark) | 7.0000 ± 2.8284 | 1 | – | not published |"]
+        "| LoRA-One + adamw | 0.001 | – (no benchmark) | – | 2.5000 ± 0.7071 | – | – | 1 | – | not published |",
+        "| LoRA-One + adamw | 0.1 | – (no benchmark) | – | 7.0000 ± 2.8284 | – | – | 1 | – | not published |"]
+
+
+def test_the_study_and_a_sweep_format_the_same_runs_into_the_same_row(tmp_path):
+    """LoRA and LoRA-One × seeds 1, 2 on SST-2 at lr 1e-3, read as a sweep's results.json by make_table
+    and as the study's records by report.py: both rows are tables.py's, cell for cell (the method's name
+    aside: make_table adds the optimizer). By hand, LoRA-One: accuracy (90, 92) → 91.00 ± 1.41, minus
+    LoRA's (80, 84): 10, 8 → 9 ± 12.706·1 → [-3.71, +21.71]; held-out loss (0.5, 0.62) → 0.5600 ±
+    0.0849, minus LoRA's (0.6, 0.7): -0.1, -0.08 → -0.09 ± 12.706·0.01 → [-0.2171, +0.0371]; no run
+    predicts one class (LoRA's seed 1 does); wall time (300 s + 1800 s) / 2 = 1050 s."""
+    runs = {("LoRA", "default", None): [(0.80, 0.6, 100), (0.84, 0.7, 60)],
+            ("LoRA-One", "gradient", "LoRA-One"): [(0.90, 0.5, 60), (0.92, 0.62, 50)]}
+    times = [("2026-01-01T10:00:00+00:00", "2026-01-01T10:05:00+00:00"),
+             ("2026-01-01T09:00:00+00:00", "2026-01-01T09:30:00+00:00")]
+    study = []
+    for (method, init, direction), seeds in runs.items():
+        for seed, (accuracy, loss, negative) in enumerate(seeds, 1):
+            glue = {"accuracy": accuracy, "main_metric": "accuracy", "gold_counts": {"negative": 50, "positive": 50},
+                    "predicted_counts": {"negative": negative, "positive": 100 - negative}}
+            write_results(tmp_path / slug(method) / str(seed), direction, seed, loss, [1.0, 0.8], {"glue": glue},
+                          init=init, provenance=provenance_record("a" * 40, *times[seed - 1]),
+                          model={"learning_rate": 1e-3}, eval={"glue": {"task": "sst2"}}, dataset={"name": "sst2"})
+        records = {seed: json.loads((tmp_path / slug(method) / str(seed) / "results.json").read_text()) for seed in (1, 2)}
+        study.append(report.MethodRuns(method, 1e-3, True, 2, {1e-3: 0.5}, records))
+    rows, settings, _ = make_table.aggregate(make_table.load_runs(tmp_path))
+    sweep = make_table.reproduction_table("sst2", make_table.rows_by_task(rows)["sst2"], settings).splitlines()
+    cpu = report.task_table(report.TaskRuns(Task("sst2", (), "glue", (), "dev"), study, [], ["negative", "positive"]))
+    without_method = [line.split(" | ", 1)[1] for line in cpu.splitlines()[-2:]]
+    assert [line.split(" | ", 1)[1] for line in sweep[-2:]] == without_method
+    assert without_method == [
+        "0.001 | 82.00 ± 2.83 (n=2) | – | 0.6500 ± 0.0707 | – | 1 of 2 | 2 | 1050 s | not quoted (the paper's table is T5-base) |",
+        "0.001 | 91.00 ± 1.41 (n=2) | +9.00 [-3.71, +21.71] | 0.5600 ± 0.0849 | -0.0900 [-0.2171, +0.0371] | 0 of 2 | 2 | "
+        "1050 s | not quoted (the paper's table is T5-base) |"]
 
 
 def test_paper_names_of_make_table_methods_are_the_paper_sweeps():

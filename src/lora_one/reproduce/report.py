@@ -1,12 +1,9 @@
 """From a study's committed records (records.py) to REPRODUCTION.md and its figures, and nothing else:
 a fresh clone regenerates both byte for byte (no clock, no host name, no path outside the records).
 
-Per task: the table (per method: the rate chosen on held-out training rows, the benchmark metric and
-the held-out loss as mean ± std over seeds with each one's paired difference to LoRA and its 95 %
-interval, degenerate runs, steps, wall time, the published number) under a majority-class baseline
-row, the per-seed values, the learning-rate selection, the loss-curve comparison and one verdict line
-per claim. Statistics are those of stats.py; "resolved" means a paired 95 % interval that excludes 0."""
-import datetime
+Per task: tables.py's table (the rate chosen on held-out training rows) under a majority-class
+baseline row, the per-seed values, the learning-rate selection, the loss-curve comparison and one
+verdict line per claim. Statistics are those of stats.py; "resolved" means a paired 95 % interval that excludes 0."""
 import re
 import statistics
 from collections import Counter
@@ -14,15 +11,16 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable
 
-from lora_one.reproduce import stats
+from lora_one.reproduce import stats, tables
+from lora_one.reproduce.figures import plot_task
 from lora_one.reproduce.plan import Cell, Study, Task, final_cells, tuning_cells
-from lora_one.reproduce.records import curve, degenerate, held_out, mean_curve, metric, metric_name, wall_seconds
+from lora_one.reproduce.records import degenerate, held_out, mean_curve, metric, metric_name
 from lora_one.reproduce.published import published_cell, published_table
 from lora_one.reproduce.runner import best_rate, grid_losses, tuning_plan
+from lora_one.reproduce.tables import LORA
 
-METRIC_NAMES = {"accuracy": "accuracy (%)", "matthews_correlation": "Matthews corr. (×100)", "f1": "F1 (%)"}
 METRIC_RANGE = {"matthews_correlation": (-100.0, 100.0)}  # in the table's units; others 0-100
-SPECTRAL_ONLY, LORA, LORA_ONE = "spectral init only", "LoRA", "LoRA-One"
+SPECTRAL_ONLY, LORA_ONE = "spectral init only", "LoRA-One"
 CELLS_MARKER = re.compile(r"<!-- records: (\d+) -->")
 
 
@@ -68,17 +66,10 @@ def collect(study: Study, record_of: Callable[[Cell], dict | None], label_words:
     return tasks
 
 
-def metric_label(runs: TaskRuns) -> str:
+def task_metric(runs: TaskRuns) -> str | None:
+    """The task's metric as its first finished run names it; None before any."""
     finished = [r for m in runs.methods for r in m.runs.values()]
-    if not finished:
-        return "metric"
-    name = metric_name(finished[0], runs.task.benchmark)
-    return METRIC_NAMES.get(name, name)
-
-
-def metric_range(runs: TaskRuns) -> tuple[float, float]:
-    finished = [r for m in runs.methods for r in m.runs.values()]
-    return METRIC_RANGE.get(metric_name(finished[0], runs.task.benchmark), (0.0, 100.0)) if finished else (0.0, 100.0)
+    return metric_name(finished[0], runs.task.benchmark) if finished else None
 
 
 def majority_baseline(runs: TaskRuns) -> tuple[str, float, int] | None:
@@ -99,18 +90,6 @@ def majority_baseline(runs: TaskRuns) -> tuple[str, float, int] | None:
 # --- tables
 
 
-def pm(values: list[float], digits: int) -> str:
-    mean, std = stats.mean_std(values)
-    return f"{mean:.{digits}f} ± {std:.{digits}f}"
-
-
-def paired_text(difference: stats.Paired | None, digits: int) -> str:
-    if difference is None or difference.n < 2:
-        return "–"
-    mark = " ✓" if difference.resolved else ""
-    return f"{difference.mean:+.{digits}f} [{difference.low:+.{digits}f}, {difference.high:+.{digits}f}]{mark}"
-
-
 def rate_text(method: MethodRuns) -> str:
     if not method.trains:
         return "– (no step)"
@@ -121,33 +100,16 @@ def rate_text(method: MethodRuns) -> str:
     return f"{method.learning_rate:g}{edge}"
 
 
-def table_row(method: MethodRuns, runs: TaskRuns, lora: MethodRuns | None) -> str:
-    benchmark = runs.task.benchmark
-    published = published_cell(runs.task.name, method.method)
-    if not method.runs:
-        return f"| {method.method} | {rate_text(method)} | **missing** (0 of {method.planned} seeds) | – | – | – | – | – | – | {published} |"
-    scores, losses = method.values(metric(benchmark)), method.values(held_out)
-    reference = (lambda read: lora.values(read)) if lora is not None and lora is not method else (lambda read: {})
-    n = f" (n={len(method.runs)}{'' if len(method.runs) == method.planned else f' of {method.planned}'})"
-    constant = sum(degenerate(r, benchmark) for r in method.runs.values()) if benchmark == "glue" else None
-    steps = "/".join(str(s) for s in sorted({r["steps"] for r in method.runs.values()}))
-    wall = statistics.fmean(wall_seconds(r) for r in method.runs.values())
-    return (f"| {method.method} | {rate_text(method)} | {pm(list(scores.values()), 2)}{n} | "
-            f"{paired_text(stats.paired_difference(scores, reference(metric(benchmark))), 2)} | "
-            f"{pm(list(losses.values()), 4)} | {paired_text(stats.paired_difference(losses, reference(held_out)), 4)} | "
-            f"{'–' if constant is None else f'{constant} of {len(method.runs)}'} | {steps} | {wall:.0f} s | {published} |")
+def row_summary(method: MethodRuns, runs: TaskRuns) -> tables.RowSummary:
+    lora = runs.of(LORA)
+    return tables.RowSummary(method.method, rate_text(method), published_cell(runs.task.name, method.method), method.runs,
+                             method.values(metric(runs.task.benchmark)), runs.task.benchmark, planned=method.planned,
+                             reference=None if lora is None or lora is method else row_summary(lora, runs))
 
 
 def task_table(runs: TaskRuns) -> str:
-    lines = [f"| method | lr chosen | {metric_label(runs)}, mean ± std | Δ vs LoRA, paired [95 % CI] | held-out loss | "
-             "Δ loss vs LoRA, paired [95 % CI] | one-class runs | steps | wall time per run | published, paper scale |",
-             "|---|---:|---:|---:|---:|---:|---:|---:|---:|---|"]
-    if (baseline := majority_baseline(runs)) is not None:
-        label, value, rows = baseline
-        lines.append(f"| majority class (always `{label}`, no run) | – | {value:.2f} | – | – | – | – | – | – | – |")
-    lora = runs.of(LORA)
-    lines += [table_row(method, runs, lora) for method in runs.methods]
-    return "\n".join(lines) + "\n"
+    rows = [row_summary(method, runs) for method in runs.methods]
+    return tables.markdown(rows, tables.metric_label(task_metric(runs)), "lr chosen", baseline=majority_baseline(runs))
 
 
 def per_seed_table(runs: TaskRuns) -> str:
@@ -167,8 +129,8 @@ def per_seed_table(runs: TaskRuns) -> str:
             text = f"{metric(runs.task.benchmark)(record):.2f} / {'diverged' if loss is None else f'{loss:.4f}'}"
             cells.append(text + (" (one class)" if runs.task.benchmark == "glue" and degenerate(record, "glue") else ""))
         lines.append(f"| {method.method} | " + " | ".join(cells) + " |")
-    return (f"<details><summary>Per seed: {metric_label(runs)} / held-out loss</summary>\n\n" + "\n".join(lines)
-            + "\n\n</details>\n")
+    label = tables.metric_label(task_metric(runs))
+    return f"<details><summary>Per seed: {label} / held-out loss</summary>\n\n" + "\n".join(lines) + "\n\n</details>\n"
 
 
 def tuning_table(runs: TaskRuns, tuning_seeds: tuple[int, ...]) -> str:
@@ -227,7 +189,7 @@ def verdict_init_alone(runs: TaskRuns) -> str:
         "no (resolved: higher)" if difference.resolved else "not resolved"
     return (f"(a) init alone lowers held-out loss: **{verdict}**: base {statistics.fmean(base.values()):.4f} → after the "
             f"LoRA-One init, no step {statistics.fmean(init.values()):.4f}; paired difference "
-            f"{paired_text(difference, 4)} over {difference.n} seeds.")
+            f"{tables.paired_text(difference, 4)} over {difference.n} seeds.")
 
 
 def verdict_speed(runs: TaskRuns, curve_every: int) -> str:
@@ -251,22 +213,19 @@ def verdict_speed(runs: TaskRuns, curve_every: int) -> str:
 def verdict_ranking(runs: TaskRuns) -> str:
     """(c) per method the paired difference to LoRA on the benchmark metric: resolved or not; methods
     with one-class runs and the majority baseline said beside."""
-    lora = runs.of(LORA)
-    benchmark = runs.task.benchmark
-    others = [m for m in runs.methods if m.runs and m is not lora]
-    if lora is None or not others:
+    rows = [row_summary(method, runs) for method in runs.methods if method.runs]
+    others = [row for row in rows if row.reference is not None]  # none until LoRA has finished
+    if not others:
         return "(c) benchmark vs LoRA: **not measured** (LoRA or every other method unfinished)."
     parts = []
-    for method in others:
-        difference = stats.paired_difference(method.values(metric(benchmark)), lora.values(metric(benchmark)))
+    for row in others:
+        difference = stats.paired_difference(row.scores, row.reference.scores)
         word = ("better" if difference.mean > 0 else "worse") + " (resolved)" if difference.resolved else "tie (not resolved)"
-        constant = sum(degenerate(r, benchmark) for r in method.runs.values()) if benchmark == "glue" else 0
-        parts.append(f"{method.method} {word}, {paired_text(difference, 2)}"
-                     + (f", {constant} of {len(method.runs)} runs one-class" if constant else ""))
+        parts.append(f"{row.method} {word}, {tables.paired_text(difference, 2)}"
+                     + (f", {row.one_class} of {len(row.runs)} runs one-class" if row.one_class else ""))
     text = "(c) benchmark vs LoRA, paired over seeds: " + "; ".join(parts) + "."
     if (baseline := majority_baseline(runs)) is not None:
-        above = [m.method for m in runs.methods if m.runs and
-                 stats.confidence_interval(list(m.values(metric(benchmark)).values()))[0] > baseline[1]]
+        above = [row.method for row in rows if stats.confidence_interval(list(row.scores.values()))[0] > baseline[1]]
         text += (f" Clearly above the majority class ({baseline[1]:.2f}; the 95 % interval of the mean above it): "
                  f"{', '.join(above) or 'none'}.")
     return text
@@ -373,8 +332,6 @@ def write_reproduction(study: Study, record_of: Callable[[Cell], dict | None], l
                        markdown_path: Path, figure_dir: Path, extra_sections: list[str] = (), force: bool = False) -> list[Path]:
     """REPRODUCTION.md and its figures (per task with finished runs: the grid, the loss curves, the
     metric). Refuses to replace a report built from more records, unless `force`."""
-    from lora_one.reproduce.figures import plot_task
-
     tasks = collect(study, record_of, label_words)
     records = [r for t in tasks for r in t.tuning_records + [r for m in t.methods for r in m.runs.values()]]
     before = records_in_report(markdown_path)
@@ -384,7 +341,8 @@ def write_reproduction(study: Study, record_of: Callable[[Cell], dict | None], l
     figure_dir.mkdir(parents=True, exist_ok=True)
     figures, written = {}, []
     for runs in tasks:
-        paths = plot_task(runs, figure_dir, metric_label(runs), metric_range(runs), majority_baseline(runs))
+        paths = plot_task(runs, figure_dir, tables.metric_label(task_metric(runs)),
+                          METRIC_RANGE.get(task_metric(runs), (0.0, 100.0)), majority_baseline(runs))
         written += paths.values()
         figures[runs.task.name] = {kind: str(path.relative_to(markdown_path.parent)) for kind, path in paths.items()}
     markdown_path.write_text(reproduction_markdown(study, tasks, records, figures, list(extra_sections)))
