@@ -41,6 +41,12 @@ def study_digest() -> str | None:
     return json.loads(STUDY_STATE.read_text())["digest"] if STUDY_STATE.exists() else None
 
 
+def study_code_hint() -> str:
+    """Where the study's code is: its commit, checked out beside this checkout."""
+    commit = json.loads(STUDY_STATE.read_text())["commit"][:12]
+    return f"the study's code beside this checkout (`git worktree add ../study {commit}`"
+
+
 def clean_code_state():
     """This checkout's code state; a study refuses uncommitted changes to what a cell computes, so its
     records name one commit that re-creates the code."""
@@ -63,12 +69,10 @@ def cpu(args) -> None:
     code = clean_code_state()
     recorded = study_digest()
     if recorded not in (None, code.digest) and not args.new_code_state:
-        study_commit = json.loads(STUDY_STATE.read_text())["commit"][:12]
         raise SystemExit(f"error: the committed records were computed by code state {recorded}, this checkout is "
                          f"{code.digest} (commit {code.commit[:12]}): one study never mixes code states. Resume it from "
-                         f"the study's code beside this checkout (`git worktree add ../study {study_commit}`, then this "
-                         "command there; merge the records it commits back), or pass --new-code-state to start it "
-                         "again under this code")
+                         f"{study_code_hint()}, then this command there; merge the records it commits back), or pass "
+                         "--new-code-state to start it again under this code")
     if recorded != code.digest:  # a new study: its state and the commit that re-creates its code
         STUDY_STATE.parent.mkdir(parents=True, exist_ok=True)
         STUDY_STATE.write_text(json.dumps(code.as_dict(), indent=1, sort_keys=True) + "\n")
@@ -149,7 +153,7 @@ def verify(args) -> None:
     code = clean_code_state()
     if code.digest != study_digest():
         raise SystemExit(f"error: this checkout computes with code state {code.digest}, the records with "
-                         f"{study_digest()}: check out the study's commit (docs/reproduction/study.json) to verify")
+                         f"{study_digest()}: verify from {study_code_hint()})")
     cells = planned_cells(study, record_of)
     chosen = pick_cells(cells, record_of, args.cells, args.sample, args.seed)
     with tempfile.TemporaryDirectory() as scratch:
