@@ -25,16 +25,17 @@ from omegaconf import DictConfig, OmegaConf
 from torch.utils.data import DataLoader
 
 from lora_one import ConfigError
-from lora_one.checkpoint import check_checkpoint_config, check_same_training, checkpoint_to_resume, load_checkpoint, \
-    read_run_info, run_dir_of, save_checkpoint, training_config
+from lora_one.checkpoint import check_checkpoint_config, check_initial_adapter, checkpoint_to_resume, load_checkpoint, \
+    read_run_info, recorded_training, run_dir_of, save_checkpoint, set_aside_checkpoints, training_config, \
+    training_data_digest
 from lora_one.config import accumulation_steps, check_config_keys, validate_config
-from lora_one.data import encode_rows, load_splits, make_batches, make_collator
+from lora_one.data import encode_rows, make_batches, make_collator, prepare_data
 from lora_one.diagnostics import alignment_diagnostics, finish_diagnostics
-from lora_one.eval import run_evaluators
+from lora_one.eval import EvaluationError, load_evaluator_items, run_evaluators
 from lora_one.init import METHODS, InitMethod, init_method, redo_base_offset, save_init_artifacts, save_initial_adapter
 from lora_one.init.dora import restore_exported_magnitudes
 from lora_one.models import add_lora_adapters, load_model, load_tokenizer
-from lora_one.models.adapters import ADAPTER
+from lora_one.models.adapters import ADAPTER, untie_adapted_weights
 from lora_one.models.full_finetune import is_full_finetuning, train_every_weight
 from lora_one.models.loading import name_base_model
 from lora_one.provenance import provenance
@@ -90,6 +91,7 @@ def rebuild_adapters(cfg: DictConfig, method: InitMethod, model, checkpoint: str
     model = add_lora_adapters(model, cfg.peft, cfg.model.type, METHODS["LoRA"], cfg.init, run_info.get("rank_pattern"))
     if method.moves_base:
         initial = os.path.join(run_dir_of(checkpoint), "init", "adapter")
+        check_initial_adapter(initial)
         redo_base_offset(model, initial)
         if accelerator.is_main_process and os.path.abspath(initial) != os.path.abspath(os.path.join(init_dir, "adapter")):
             shutil.copytree(initial, os.path.join(init_dir, "adapter"), dirs_exist_ok=True)
@@ -107,18 +109,22 @@ def run(cfg: DictConfig, out_dir: str, wandb_group: str | None = None) -> dict:
                               gradient_accumulation_steps=accumulation_steps(cfg.model, state.num_processes))
     out_dir = broadcast_object_list([out_dir])[0]  # each process composed its own run dir: use the main one's
     resume_from = checkpoint_to_resume(str(cfg.resume), out_dir)
-    if resume_from is not None:
-        check_same_training(resume_from, cfg)
+    earlier = recorded_training(resume_from, str(cfg.resume), out_dir)  # the checkpoint continued, or a finished run here
+    if earlier is not None:
+        earlier.check_config(cfg)
     tracker = Tracker(cfg, out_dir, accelerator.is_main_process, wandb_group)
     set_seed(cfg.seed)
     seq2seq = cfg.model.type == "seq2seq"
 
     # --- data: (prompt, response) pairs → token ids with the prompt masked out of the labels
     tokenizer = load_tokenizer(cfg.model, cfg.cache_dir)
-    train_examples, eval_examples = load_splits(cfg.dataset, cfg.seed)
-    train_set = encode_rows(tokenizer, train_examples, cfg.model.max_length, seq2seq)
-    eval_set = encode_rows(tokenizer, eval_examples, cfg.model.max_length, seq2seq)
+    data = prepare_data(cfg.dataset, cfg.seed, tokenizer, cfg.model.max_length, seq2seq)  # rows lost are counted
+    train_examples, train_set, eval_set = data.train_examples, data.train_set, data.eval_set
+    data_digest = training_data_digest(cfg.dataset, train_examples)  # a resume on changed data is refused
+    if earlier is not None:
+        earlier.check_data(data_digest)
     collate = make_collator(tokenizer)
+    eval_items = load_evaluator_items(cfg.eval)  # the benchmarks' questions, checked before any training
     eval_loader = accelerator.prepare(DataLoader(eval_set, batch_size=cfg.model.per_device_batch_size, collate_fn=collate))
     method = init_method(cfg.init)
     init_batches = None
@@ -154,6 +160,10 @@ def run(cfg: DictConfig, out_dir: str, wandb_group: str | None = None) -> dict:
         if resume_from is not None:
             history = load_checkpoint(resume_from, model, optimizer, scheduler, shuffle, accelerator)
             log.info("continuing at step %d of %d", history.step, total_steps)
+            if diagnostics:
+                diagnostics.continue_from(history.alignment)  # the points measured before the checkpoint
+        if accelerator.is_main_process:
+            set_aside_checkpoints(out_dir, resume_from)  # an earlier run's, unless this run continues them
 
         def after_step(now: TrainState, stopping: bool) -> None:
             tracker.log({"train/loss": now.loss[-1], "train/lr": now.lr[-1], "train/grad_norm": now.grad_norm[-1],
@@ -165,8 +175,10 @@ def run(cfg: DictConfig, out_dir: str, wandb_group: str | None = None) -> dict:
                 tracker.log(diagnostics.measure(accelerator.unwrap_model(model), now.step), step=now.step)
             every = cfg.checkpoint.every_n_steps
             if stopping or (every > 0 and (now.step % every == 0 or now.step == total_steps)):
+                if diagnostics:
+                    now.alignment = diagnostics.points()  # carried to a resumed run's results
                 save_checkpoint(out_dir, model, optimizer, scheduler, now, shuffle, accelerator, run_info,
-                                cfg.checkpoint.keep, training_config(cfg))
+                                cfg.checkpoint.keep, training_config(cfg), data_digest)
 
         preemption = PreemptionSignal()
         history = train(model, optimizer, scheduler, train_loader, accelerator, total_steps, cfg.optim.max_grad_norm,
@@ -191,6 +203,8 @@ def run(cfg: DictConfig, out_dir: str, wandb_group: str | None = None) -> dict:
                 restore_exported_magnitudes(trained, os.path.join(out_dir, "adapter"))  # DoRA: PEFT's conversion drops m
             name_base_model(os.path.join(out_dir, "adapter"), cfg.model)  # the hub id, not this machine's cache path
         if cfg.model.saving or full_finetuning:
+            if not full_finetuning:
+                untie_adapted_weights(trained)  # a tied output head merges into its own copy, not the embeddings
             merged = trained if full_finetuning else trained.merge_and_unload()
             merged.save_pretrained(os.path.join(out_dir, "merged"))
             tokenizer.save_pretrained(os.path.join(out_dir, "merged"))
@@ -202,6 +216,8 @@ def run(cfg: DictConfig, out_dir: str, wandb_group: str | None = None) -> dict:
         "config": resolved,
         "config_digest": hashlib.sha256(json.dumps(resolved, sort_keys=True).encode()).hexdigest()[:16],
         "num_processes": accelerator.num_processes,
+        "training_data": data_digest,  # the file's sha256 (or the loaded rows'): a relaunch on other data is refused
+        "data": data.report,  # rows read, duplicates, rows dropped or truncated at model.max_length
         **parameters,
         **run_info,
         "eval_loss": eval_loss_final,
@@ -219,12 +235,14 @@ def run(cfg: DictConfig, out_dir: str, wandb_group: str | None = None) -> dict:
         **finish_diagnostics(diagnostics, out_dir, accelerator.is_main_process),
     }
     # benchmarks chosen by conf/eval on the trained model: <task>_predictions.jsonl here, metrics under "eval"
-    results["eval"] = run_evaluators(cfg.eval, trained, tokenizer, accelerator, out_dir)
+    results["eval"], eval_failure = run_evaluators(cfg.eval, eval_items, trained, tokenizer, accelerator, out_dir)
     results["provenance"] = provenance(start_time)  # code version, packages, device, start/end times
     if accelerator.is_main_process:
         write_json(os.path.join(out_dir, "results.json"), results)
         log.info("eval loss %.4f after %d steps; results in %s", eval_loss_final, history.step, out_dir)
     tracker.finish(results)
+    if eval_failure:
+        raise EvaluationError(f"{eval_failure}; the training's results are in {out_dir}/results.json")
     return results
 
 
@@ -238,7 +256,7 @@ def main(cfg: DictConfig) -> float:
         check_config_keys(cfg, overrides)  # a typo'd ++key, a word where a number belongs
         with RunDirLock(hydra_cfg.runtime.output_dir) if first_rank else contextlib.nullcontext():  # one run per dir
             return run(cfg, hydra_cfg.runtime.output_dir, sweep_group(overrides))["eval_loss"]
-    except (ConfigError, RunDirError, NonFiniteLoss) as err:  # one line naming the culprit, no traceback
+    except (ConfigError, RunDirError, NonFiniteLoss, EvaluationError) as err:  # one line naming the culprit, no traceback
         raise SystemExit(f"error: {err}") from None
     except (OSError, RuntimeError) as err:  # a full disk, a read-only or vanished run dir: the path and the cause
         failure = storage_failure(err, hydra_cfg.runtime.output_dir)

@@ -9,7 +9,11 @@ so the base is never stored.
 It is written into a temporary directory renamed when complete: a `step_<N>` directory is never partial.
 Its last file, `manifest.json`, holds each file's size and sha256: a checkpoint damaged afterwards (a
 truncated copy, a disk error) is named with its bad file, and `resume=auto` falls back to the newest
-intact one (`checkpoint.keep` ≥ 2 keeps one to fall back to).
+intact one (`checkpoint.keep` ≥ 2 keeps one to fall back to). The initial adapter has a manifest too.
+It records the training config and the digest of the training data (`training_data_digest`): a resume with
+either changed is refused, as is a relaunch (resume=auto) that would replace a finished run in its run
+dir with another training. The checkpoints of a run dir belong to one run: a run that does not continue
+them (resume=never) moves them aside first, so rotation and a later resume see only its own.
 """
 import hashlib
 import json
@@ -17,6 +21,8 @@ import logging
 import os
 import random
 import shutil
+import time
+from dataclasses import dataclass, fields
 
 import numpy as np
 import torch
@@ -26,7 +32,8 @@ from peft import PeftModel
 from safetensors.torch import load_file, save_file
 
 from lora_one import ConfigError
-from lora_one.run_dir import write_json, writing
+from lora_one.data.glue import glue_file
+from lora_one.run_dir import refuse_if_in_use, write_json, writing
 from lora_one.train.loop import TrainState
 
 log = logging.getLogger(__name__)
@@ -34,7 +41,10 @@ log = logging.getLogger(__name__)
 CHECKPOINTS = "checkpoints"
 PREFIX = "step_"
 MANIFEST = "manifest.json"
-BOOKKEEPING_KEYS = ("resume", "checkpoint", "wandb", "eval", "cache_dir")
+RESULTS = "results.json"
+# Settings that may change between a run and its resumption: bookkeeping, benchmarks, and settings that
+# change what is logged, never what is computed. Listed one by one: any other change refuses a resume.
+BOOKKEEPING_KEYS = ("resume", "checkpoint", "wandb", "eval", "cache_dir", "log_every")
 
 
 def training_config(cfg: DictConfig) -> dict:
@@ -42,15 +52,82 @@ def training_config(cfg: DictConfig) -> dict:
     return {k: v for k, v in OmegaConf.to_container(cfg, resolve=True).items() if k not in BOOKKEEPING_KEYS}
 
 
-def check_same_training(checkpoint: str, cfg: DictConfig) -> None:
-    """A checkpoint continues only the training it comes from: one ConfigError naming the first difference."""
-    with open(os.path.join(checkpoint, "trainer_state.json")) as f:
-        saved = json.load(f)["config"]
-    now = json.loads(json.dumps(training_config(cfg)))  # as stored: tuples → lists
-    for group in sorted(saved.keys() | now.keys()):
-        if saved.get(group) != now.get(group):
-            raise ConfigError(f"checkpoint {checkpoint} was written with another '{group}' config; "
+def changed_settings(saved, now, prefix: str = "") -> list[str]:
+    """Dotted names of the settings whose values differ between two resolved configs (a list is one setting)."""
+    if isinstance(saved, dict) and isinstance(now, dict):
+        return [name for key in sorted(saved.keys() | now.keys())
+                for name in changed_settings(saved.get(key), now.get(key), f"{prefix}{key}.")]
+    return [] if saved == now else [prefix[:-1]]
+
+
+def is_interpolated(cfg: DictConfig, name: str) -> bool:
+    """Whether the setting `name` takes its value from another one (`init.max_length: ${model.max_length}`)."""
+    parent, _, key = name.rpartition(".")
+    node = OmegaConf.select(cfg, parent) if parent else cfg
+    return isinstance(node, DictConfig) and key in node and OmegaConf.is_interpolation(node, key)
+
+
+@dataclass(frozen=True)
+class RecordedTraining:
+    """A training this run must agree with: the checkpoint it continues, or (resume=auto, no checkpoint)
+    the finished run in its run dir, which a relaunch may redo but not replace with another training."""
+    name: str  # how messages name it: "checkpoint …", "the finished run in …"
+    config: dict  # its resolved config (bookkeeping keys are not compared)
+    data: dict | None  # its `training_data_digest`; None: recorded before data digests
+
+    def check_config(self, cfg: DictConfig) -> None:
+        """One ConfigError naming the group of a changed setting: one set directly is named before one
+        interpolated from it (model=… changes init.max_length too, but the change is the model's)."""
+        saved = {k: v for k, v in self.config.items() if k not in BOOKKEEPING_KEYS}
+        now = json.loads(json.dumps(training_config(cfg)))  # as stored: tuples → lists
+        changed = sorted(changed_settings(saved, now), key=lambda name: is_interpolated(cfg, name))
+        if changed:
+            raise ConfigError(f"{self.name} was written with another '{changed[0].split('.')[0]}' config; "
                               "resume=never starts over (or use another run dir)")
+
+    def check_data(self, data: dict) -> None:
+        """One ConfigError if the training data changed since (a file edited under the same path)."""
+        if self.data is None:
+            log.warning("%s records no digest of its training data (written before digests): not verified", self.name)
+        elif self.data["sha256"] != data["sha256"]:
+            raise ConfigError(f"{self.name} was trained on other data ({data['source']}: sha256 "
+                              f"{self.data['sha256'][:12]}… then, {data['sha256'][:12]}… now); "
+                              "resume=never starts over (or use another run dir)")
+
+
+def checkpoint_training(checkpoint: str) -> RecordedTraining:
+    with open(os.path.join(checkpoint, "trainer_state.json")) as f:
+        saved = json.load(f)
+    return RecordedTraining(f"checkpoint {checkpoint}", saved["config"], saved.get("training_data"))
+
+
+def recorded_training(resume_from: str | None, resume: str, run_dir: str) -> RecordedTraining | None:
+    """What this run must agree with: the checkpoint it resumes; else, with resume=auto, a finished run
+    (results.json) in its run dir; None when neither (resume=never replaces a finished run)."""
+    if resume_from is not None:
+        return checkpoint_training(resume_from)
+    results = os.path.join(run_dir, RESULTS)
+    if resume != "auto" or not os.path.isfile(results):
+        return None
+    with open(results) as f:
+        finished = json.load(f)
+    return RecordedTraining(f"the finished run in {run_dir}", finished["config"], finished.get("training_data"))
+
+
+def check_same_training(checkpoint: str, cfg: DictConfig) -> None:
+    """A checkpoint continues only the training it comes from: one ConfigError naming what changed."""
+    checkpoint_training(checkpoint).check_config(cfg)
+
+
+def training_data_digest(dataset: DictConfig, train_examples: list[dict]) -> dict:
+    """What identifies the data a run trains on: the sha256 of the file it read (a GLUE folder: its
+    train.tsv, as data/loading.py reads it), or, for generated or hub data, of the training examples
+    as loaded."""
+    if dataset.path:
+        path = glue_file(dataset.path, "train.tsv")
+        return {"source": path, "sha256": sha256_of(path)}
+    loaded = json.dumps(train_examples, sort_keys=True).encode()
+    return {"source": f"dataset '{dataset.name}' as loaded", "sha256": hashlib.sha256(loaded).hexdigest()}
 
 
 def check_checkpoint_config(cfg: DictConfig) -> None:
@@ -67,19 +144,20 @@ def sha256_of(path: str) -> str:
     return digest.hexdigest()
 
 
-def write_manifest(checkpoint: str) -> None:
-    """Size and sha256 of every file of the checkpoint, written last."""
+def write_manifest(checkpoint: str, names: list[str] | None = None) -> None:
+    """Size and sha256 of the files `names` of the checkpoint (default: all of them), written last."""
+    names = sorted(name for name in os.listdir(checkpoint) if name != MANIFEST) if names is None else names
     files = {name: {"bytes": os.path.getsize(os.path.join(checkpoint, name)), "sha256": sha256_of(os.path.join(checkpoint, name))}
-             for name in sorted(os.listdir(checkpoint)) if name != MANIFEST}
+             for name in names}
     write_json(os.path.join(checkpoint, MANIFEST), {"files": files}, indent=1)
 
 
 def checkpoint_damage(checkpoint: str) -> str | None:
-    """What is wrong with a checkpoint's files against its manifest (the first bad file, named), or
-    None if all are intact. A checkpoint without a manifest predates checksums: not checked."""
+    """What is wrong with a checkpoint's (or the initial adapter's) files against its manifest (the first
+    bad file, named), or None if all are intact. One without a manifest predates checksums: not checked."""
     manifest_path = os.path.join(checkpoint, MANIFEST)
     if not os.path.exists(manifest_path):
-        log.warning("checkpoint %s has no %s (written before checksums): not verified", checkpoint, MANIFEST)
+        log.warning("%s has no %s (written before checksums): not verified", checkpoint, MANIFEST)
         return None
     try:
         with open(manifest_path) as f:
@@ -118,12 +196,17 @@ def latest_checkpoint(run_dir: str) -> str | None:
 
 def checkpoint_to_resume(resume: str, run_dir: str) -> str | None:
     """`resume`: "auto" (this run directory's newest checkpoint, if any), "never", or a path (a
-    checkpoint, or a run directory whose newest checkpoint is taken)."""
+    checkpoint, or a run directory whose newest checkpoint is taken). Another run directory that a
+    live run holds (its lock) is refused: that run is still writing and rotating its checkpoints."""
     if resume == "never":
         return None
     if resume == "auto":
         return latest_checkpoint(run_dir)
-    if os.path.isfile(os.path.join(resume, "trainer_state.json")):
+    is_checkpoint = os.path.isfile(os.path.join(resume, "trainer_state.json"))
+    source = run_dir_of(resume) if is_checkpoint else os.path.abspath(resume)
+    if source != os.path.abspath(run_dir):  # this run holds its own run dir's lock
+        refuse_if_in_use(source, "it is still writing checkpoints; resume from it once that run has stopped")
+    if is_checkpoint:
         damage = checkpoint_damage(resume)
         if damage is not None:
             raise ConfigError(f"checkpoint {resume} is damaged: {damage}")
@@ -136,6 +219,34 @@ def checkpoint_to_resume(resume: str, run_dir: str) -> str | None:
 
 def run_dir_of(checkpoint: str) -> str:
     return os.path.dirname(os.path.dirname(os.path.abspath(checkpoint)))
+
+
+def check_initial_adapter(path: str) -> None:
+    """The initial adapter that a resumed run of an init moving the base (LoRA-GA, PiSSA) rebuilds the
+    base from: present, and intact against its manifest, or one ConfigError."""
+    if not os.path.isdir(path):
+        raise ConfigError(f"the initial adapter {path} is missing: resuming an init that moves the base weights "
+                          "needs it; resume=never starts over")
+    damage = checkpoint_damage(path)
+    if damage is not None:
+        raise ConfigError(f"the initial adapter {path} is damaged: {damage}; resume=never starts over")
+
+
+def set_aside_checkpoints(run_dir: str, resume_from: str | None) -> None:
+    """Move the run dir's checkpoints to `checkpoints.replaced-<time>/` when this run does not continue
+    them (resume=never, or a checkpoint of another run dir): rotation ranks by step, so an earlier run's
+    step_300 would delete this run's step_33, and a relaunch would resume the earlier run."""
+    root = os.path.join(run_dir, CHECKPOINTS)
+    if resume_from is not None and run_dir_of(resume_from) == os.path.abspath(run_dir):
+        return
+    earlier = sorted(n for n in os.listdir(root) if n.startswith(PREFIX)) if os.path.isdir(root) else []
+    if not earlier:
+        return
+    aside = f"{root}.replaced-{time.strftime('%Y%m%d-%H%M%S')}"
+    with writing(aside):
+        os.rename(root, aside)
+    log.warning("%s held an earlier run's checkpoints (%s); this run does not continue them: moved to %s",
+                root, ", ".join(earlier), aside)
 
 
 def trainable_state(model: PeftModel) -> dict[str, torch.Tensor]:
@@ -153,11 +264,12 @@ def rng_states(shuffle: torch.Generator, state: TrainState) -> dict:
 
 
 def save_checkpoint(run_dir: str, model, optimizer, scheduler, state: TrainState, shuffle: torch.Generator,
-                    accelerator: Accelerator, run_info: dict, keep: int, config: dict | None = None) -> str:
+                    accelerator: Accelerator, run_info: dict, keep: int, config: dict | None = None,
+                    data: dict | None = None) -> str:
     """Write `<run_dir>/checkpoints/step_<state.step>` (every process writes its own RNG states, the
     main process the rest), then delete all but the newest `keep` checkpoints. `run_info`: what the
     resumed run reports about the part it skips (init statistics, losses before training); `config`:
-    the `training_config` it continues."""
+    the `training_config` it continues; `data`: its `training_data_digest`."""
     root = os.path.join(run_dir, CHECKPOINTS)
     final = os.path.join(root, f"{PREFIX}{state.step}")
     tmp = os.path.join(root, f".tmp-{PREFIX}{state.step}")
@@ -172,7 +284,8 @@ def save_checkpoint(run_dir: str, model, optimizer, scheduler, state: TrainState
             torch.save(optimizer.state_dict(), os.path.join(tmp, "optimizer.pt"))
             torch.save(scheduler.state_dict(), os.path.join(tmp, "scheduler.pt"))
         trainer_state = {k: v for k, v in vars(state).items() if k not in ("epoch_shuffle_state", "interrupted")}
-        trainer_state.update(num_processes=accelerator.num_processes, run_info=run_info, config=config)
+        trainer_state.update(num_processes=accelerator.num_processes, run_info=run_info, config=config,
+                             training_data=data)
         write_json(os.path.join(tmp, "trainer_state.json"), trainer_state, indent=1)
     accelerator.wait_for_everyone()
     if accelerator.is_main_process:
@@ -217,5 +330,5 @@ def load_checkpoint(checkpoint: str, model, optimizer, scheduler, shuffle: torch
     if rng["cuda"] is not None:
         torch.cuda.set_rng_state_all(rng["cuda"])
     shuffle.set_state(rng["epoch_shuffle"])
-    fields = {k: v for k, v in saved.items() if k not in ("num_processes", "run_info", "config")}
-    return TrainState(**fields, epoch_shuffle_state=rng["epoch_shuffle"])
+    kept = {f.name for f in fields(TrainState)} & saved.keys()  # an older checkpoint lacks newer fields
+    return TrainState(**{name: saved[name] for name in kept}, epoch_shuffle_state=rng["epoch_shuffle"])

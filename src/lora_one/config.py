@@ -10,7 +10,7 @@ from hydra.core.hydra_config import HydraConfig
 from omegaconf import DictConfig, OmegaConf
 
 from lora_one import ConfigError
-from lora_one.eval.runner import check_eval_config
+from lora_one.eval.runner import BENCHMARKS, check_eval_config
 from lora_one.init import init_method
 from lora_one.models.full_finetune import check_full_finetuning_config, is_full_finetuning
 from lora_one.train.optim import check_optim_config
@@ -79,7 +79,23 @@ NUMERIC_SETTINGS = [
     ("log_every", INTEGER, lambda v: v >= 0, "≥ 0; 0 logs no training-loss lines"),
     ("wandb.init_timeout_s", REAL, lambda v: v > 0, "> 0"),
 ]
-NULLABLE = {"dataset.max_train_samples", "optim.max_grad_norm", "init.svd_q"}
+# The settings benchmarks share (conf/eval/*.yaml), checked under each benchmark that has them.
+EVAL_SETTINGS = [
+    ("limit", INTEGER, lambda v: v >= 1, "≥ 1; null scores every question"),
+    ("subset_seed", INTEGER, None, ""),
+    ("batch_size", INTEGER, lambda v: v >= 1, "≥ 1"),
+    ("max_new_tokens", INTEGER, lambda v: v >= 1, "≥ 1"),
+    ("temperature", REAL, lambda v: v >= 0, "≥ 0; 0 decodes greedily"),
+    ("top_p", REAL, lambda v: 0 < v <= 1, "in (0, 1]"),
+    ("num_samples", INTEGER, lambda v: v >= 1, "≥ 1"),
+    ("num_beams", INTEGER, lambda v: v >= 1, "≥ 1"),
+    ("shots", INTEGER, lambda v: v >= 0, "≥ 0"),
+    ("timeout_s", REAL, lambda v: v > 0, "> 0"),
+    ("memory_mb", INTEGER, lambda v: v >= 1, "≥ 1"),
+]
+NUMERIC_SETTINGS += [(f"eval.{task}.{key}", *check) for task in BENCHMARKS for key, *check in EVAL_SETTINGS]
+NULLABLE = {"dataset.max_train_samples", "optim.max_grad_norm", "init.svd_q",
+            *(f"eval.{task}.{key}" for task in BENCHMARKS for key in ("limit", "subset_seed"))}
 WORD_INSTEAD = {"init.stable_gamma": "auto"}  # numeric settings that also take one word (a γ line search)
 ABSENT = object()
 

@@ -102,6 +102,17 @@ class AlignmentDiagnostics:
                                          for values in per_step]
         return means
 
+    def points(self) -> dict:
+        """The points measured so far (steps, per-layer curves), for a checkpoint to carry to a resumed run."""
+        return {"steps": self.steps, "layers": self.layers}
+
+    def continue_from(self, points: dict) -> None:
+        """Start from the points a checkpoint carried (`points()`; none in one written without diagnostics)."""
+        if points:
+            self.steps = list(points["steps"])
+            self.layers = {name: {quantity: list(values) for quantity, values in curves.items()}
+                           for name, curves in points["layers"].items()}
+
     def curves(self) -> dict:
         """What results.json records: steps, per-type means, per-layer curves."""
         return {"steps": self.steps, "by_type": self.by_type(), "layers": self.layers}

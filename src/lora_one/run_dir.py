@@ -4,7 +4,8 @@ naming the path and the cause (a full disk said as such), results that are alway
 The lock, `<run dir>/run.lock`, holds the owner's pid, host and slurm job (JSON). A second launch in
 the same directory refuses to start while the owner lives; a lock left by a dead process on this host,
 or by an earlier incarnation of the same slurm job (a requeue), is taken over. A lock from another
-host whose job differs cannot be checked: it is refused, naming the file to delete."""
+host whose job differs cannot be checked: it is refused, naming the file to delete. Resuming from
+another run dir honours its lock too (`refuse_if_in_use`): its owner is still rotating its checkpoints."""
 import contextlib
 import errno
 import json
@@ -135,6 +136,20 @@ def read_lock(path: str) -> dict | None:
         return {}
 
 
+def in_use(run_dir: str, owner: dict) -> str:
+    """Who holds a run dir, in words (the start of a RunDirError)."""
+    since = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(owner.get("since", 0)))
+    return (f"run dir {run_dir} is in use by pid {owner.get('pid')} on {owner.get('host')} since {since} "
+            f"({os.path.join(run_dir, LOCK_FILE)})")
+
+
+def refuse_if_in_use(run_dir: str, why: str) -> None:
+    """One RunDirError if a live run holds `run_dir` (a stale lock holds nothing), ending with `why` it matters."""
+    held = read_lock(os.path.join(run_dir, LOCK_FILE))
+    if held and not stale(held, lock_owner()):
+        raise RunDirError(f"{in_use(run_dir, held)}: {why}")
+
+
 class RunDirLock:
     """`with RunDirLock(run_dir):` holds the run directory for this process; released on exit
     (normal, exception, SystemExit); a SIGKILLed owner's lock is taken over by the next launch."""
@@ -151,9 +166,7 @@ class RunDirLock:
                 if held is None:
                     continue  # released meanwhile: try again
                 if held and not stale(held, self.owner):
-                    since = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(held.get("since", 0)))
-                    raise RunDirError(f"run dir {os.path.dirname(self.path)} is in use by pid {held.get('pid')} on "
-                                      f"{held.get('host')} since {since} ({self.path}); use another hydra.run.dir, "
+                    raise RunDirError(f"{in_use(os.path.dirname(self.path), held)}; use another hydra.run.dir, "
                                       "or delete the lock file if that run is gone")
                 os.remove(self.path)  # stale: take it over
         return self

@@ -1,5 +1,6 @@
 """Examples → token ids with the prompt masked out of the labels, and the padding collator."""
 import functools
+from dataclasses import dataclass
 
 import torch
 from transformers import DataCollatorForSeq2Seq, PreTrainedTokenizerBase
@@ -11,8 +12,19 @@ IGNORE_INDEX = -100  # label value the loss skips
 
 
 def encode_example(tokenizer: PreTrainedTokenizerBase, prompt: str, response: str, max_length: int, seq2seq: bool) -> dict:
+    """`full_example` truncated to `max_length` tokens."""
+    return truncate(full_example(tokenizer, prompt, response, seq2seq), max_length)
+
+
+def truncate(example: dict, max_length: int) -> dict:
+    """The first `max_length` ids of the input and of the labels: what is cut is the end (causal: of the
+    response first, then of the prompt; seq2seq: of each)."""
+    return {key: ids[:max_length] for key, ids in example.items()}
+
+
+def full_example(tokenizer: PreTrainedTokenizerBase, prompt: str, response: str, seq2seq: bool) -> dict:
     """Causal: input = prompt + response + eos, labels = -100 on the prompt part.
-    Seq2seq: input = prompt, labels = response + eos. Both truncated to `max_length`.
+    Seq2seq: input = prompt, labels = response + eos.
 
     Causal: a response that would be glued to the prompt's last word (`…journey .` + `positive`) is
     read after a space, as in running text (`… . positive`): BPE tokenizers have a word-initial token
@@ -28,14 +40,12 @@ def encode_example(tokenizer: PreTrainedTokenizerBase, prompt: str, response: st
     else:
         prompt_ids, response_ids = text_ids(tokenizer, prompt, response, seq2seq)
     if seq2seq:
-        return {"input_ids": prompt_ids[:max_length], "labels": response_ids[:max_length]}
-    input_ids = (prompt_ids + response_ids)[:max_length]
-    labels = ([IGNORE_INDEX] * len(prompt_ids) + response_ids)[:max_length]
-    return {"input_ids": input_ids, "labels": labels}
+        return {"input_ids": prompt_ids, "labels": response_ids}
+    return {"input_ids": prompt_ids + response_ids, "labels": [IGNORE_INDEX] * len(prompt_ids) + response_ids}
 
 
 def text_ids(tokenizer, prompt: str, response: str, seq2seq: bool) -> tuple[list[int], list[int]]:
-    """(prompt ids, response ids + eos) of a plain-text prompt (see `encode_example`)."""
+    """(prompt ids, response ids + eos) of a plain-text prompt (see `full_example`)."""
     if not seq2seq and prompt and response and not prompt[-1].isspace() and not response[0].isspace():
         response = " " + response
     response_ids = tokenizer(response, add_special_tokens=False)["input_ids"] + [tokenizer.eos_token_id]
@@ -73,11 +83,36 @@ def end_of_turn_id(tokenizer) -> int:
     return closing[0]
 
 
+@dataclass
+class EncodedRows:
+    rows: list[dict]  # the examples that keep a response token, truncated to max_length
+    dropped: int  # examples whose prompt alone takes max_length tokens
+    truncated: int  # kept examples cut short at max_length
+
+
+def encode_counting(tokenizer, examples: list[dict], max_length: int, seq2seq: bool) -> EncodedRows:
+    """Encode every example, truncated to `max_length`, and count what that costs.
+
+    An example whose prompt alone takes all `max_length` tokens (only causal prompts can) has no
+    response token left: it would contribute a 0/0 loss, so it is dropped. It is not kept by cutting
+    the prompt from the left instead: the response would then be learned, or scored, as the answer to
+    a question whose beginning (the template's instruction, the start of the problem) the model never
+    sees. Every other example is encoded exactly as before."""
+    kept, dropped, cut = [], 0, 0
+    for example in examples:
+        full = full_example(tokenizer, example["prompt"], example["response"], seq2seq)
+        row = truncate(full, max_length)
+        if all(label == IGNORE_INDEX for label in row["labels"]):
+            dropped += 1
+            continue
+        cut += row != full
+        kept.append(row)
+    return EncodedRows(kept, dropped, cut)
+
+
 def encode_rows(tokenizer, examples: list[dict], max_length: int, seq2seq: bool) -> list[dict]:
-    """Encode every example, dropping those whose response was truncated away entirely
-    (they would contribute a 0/0 loss)."""
-    encoded = [encode_example(tokenizer, ex["prompt"], ex["response"], max_length, seq2seq) for ex in examples]
-    return [e for e in encoded if any(label != IGNORE_INDEX for label in e["labels"])]
+    """Encode every example, dropping those whose response was truncated away entirely (`encode_counting`)."""
+    return encode_counting(tokenizer, examples, max_length, seq2seq).rows
 
 
 def make_collator(tokenizer) -> DataCollatorForSeq2Seq:

@@ -4,19 +4,22 @@ the hub's `nyu-mll/glue` columns (so one `dataset.columns` mapping serves both s
 Each task's file has its own quirks: CoLA has no header (source, label, original mark, sentence);
 MRPC's header starts with a UTF-8 byte-order mark and names its columns `Quality`, `#1 String`, ...;
 QNLI and MNLI write their labels as words. Fields are tab-separated with no quoting: a `"` is part of
-the text (MRPC and QNLI sentences start with one), so the files are read with quoting disabled."""
+the text (MRPC and QNLI sentences start with one), so the files are read with quoting disabled.
+Every file gets the checks of any local data file first (`check_data_file`: empty, not UTF-8), whether
+it is named directly or found in a task folder."""
 import csv
 import os
 from dataclasses import dataclass
 
 from lora_one import ConfigError
+from lora_one.data.files import check_data_file
 
 
 @dataclass(frozen=True)
 class TsvLayout:
     fields: dict[str, str]  # hub column name → the file's column name
     columns: tuple[str, ...] | None = None  # names of a headerless file's columns; None: the header names them
-    label_words: tuple[str, ...] | None = None  # a file that writes labels as words: the word of label 0, 1, ...
+    labels: tuple[str, ...] = ("0", "1")  # how the file writes label 0, 1, ... (QNLI, MNLI: as words)
 
 
 LAYOUTS = {
@@ -24,9 +27,9 @@ LAYOUTS = {
     "cola": TsvLayout({"sentence": "sentence", "label": "label"}, columns=("source", "label", "mark", "sentence")),
     "mrpc": TsvLayout({"sentence1": "#1 String", "sentence2": "#2 String", "label": "Quality"}),
     "qnli": TsvLayout({"question": "question", "sentence": "sentence", "label": "label"},
-                      label_words=("entailment", "not_entailment")),
+                      labels=("entailment", "not_entailment")),
     "mnli": TsvLayout({"premise": "sentence1", "hypothesis": "sentence2", "label": "gold_label"},
-                      label_words=("entailment", "neutral", "contradiction")),
+                      labels=("entailment", "neutral", "contradiction")),
 }
 
 
@@ -42,9 +45,9 @@ def read_glue_tsv(task: str, path: str) -> list[dict]:
         raise ConfigError(f"'{path}' is a GLUE TSV, but dataset '{task}' is not a GLUE task; use one of {sorted(LAYOUTS)}")
     if not os.path.isfile(path):
         raise ConfigError(f"GLUE file '{path}' does not exist")
+    check_data_file(path)
     layout = LAYOUTS[task]
-    with open(path, encoding="utf-8-sig", newline="") as f:  # utf-8-sig drops MRPC's byte-order mark
-        lines = list(csv.reader(f, delimiter="\t", quoting=csv.QUOTE_NONE))
+    lines = read_tsv(path)
     header, first_line = (lines[0], 2) if layout.columns is None else (list(layout.columns), 1)
     data = lines[first_line - 1:]
     missing = [name for name in layout.fields.values() if name not in header]
@@ -56,16 +59,23 @@ def read_glue_tsv(task: str, path: str) -> list[dict]:
         if len(fields) != len(header):
             raise ConfigError(f"{path}: line {number} has {len(fields)} tab-separated fields, expected {len(header)}")
         row = {hub: fields[i] for hub, i in position.items()}
-        row["label"] = parse_label(row["label"], layout, f"{path}: line {number}")
+        if row["label"] not in layout.labels:  # a 2 in a 2-class task is no class at all
+            raise ConfigError(f"{path}: line {number}: label '{row['label']}' is not one of {list(layout.labels)}")
+        row["label"] = layout.labels.index(row["label"])
         rows.append(row)
     return rows
 
 
-def parse_label(value: str, layout: TsvLayout, where: str) -> int:
-    if layout.label_words is not None:
-        if value not in layout.label_words:
-            raise ConfigError(f"{where}: label '{value}' is not one of {list(layout.label_words)}")
-        return layout.label_words.index(value)
-    if not value.isdigit():
-        raise ConfigError(f"{where}: label '{value}' is not a class index")
-    return int(value)
+def read_tsv(path: str) -> list[list[str]]:
+    """The tab-separated fields of each line. A line the csv module cannot read (a field over its size
+    limit) is named; trailing blank lines are ignored, as in JSON Lines."""
+    with open(path, encoding="utf-8-sig", newline="") as f:  # utf-8-sig drops MRPC's byte-order mark
+        reader = csv.reader(f, delimiter="\t", quoting=csv.QUOTE_NONE)
+        try:
+            lines = list(reader)
+        except csv.Error as err:
+            raise ConfigError(f"{path}: line {reader.line_num} cannot be read as tab-separated fields "
+                              f"({err})") from None
+    while lines and not "".join(lines[-1]).strip():
+        lines.pop()
+    return lines

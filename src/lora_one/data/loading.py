@@ -4,6 +4,7 @@ import contextlib
 import logging
 import os
 import random
+from dataclasses import dataclass
 
 from omegaconf import DictConfig
 
@@ -24,11 +25,10 @@ def load_raw_rows(cfg: DictConfig, seed: int) -> tuple[list[dict], str]:
         path = os.path.expanduser(str(cfg.path))
         if not os.path.exists(path):
             raise ConfigError(f"dataset.path '{cfg.path}' does not exist")
-        if os.path.isfile(path):
-            check_data_file(path)
         if os.path.isdir(path) or path.endswith(".tsv"):  # a GLUE task folder (its train.tsv) or TSV file
             train_file = glue_file(path, "train.tsv")
-            return read_glue_tsv(cfg.name, train_file), train_file
+            return read_glue_tsv(cfg.name, train_file), train_file  # it checks the file it reads
+        check_data_file(path)
         ext = os.path.splitext(path)[1].lower()
         if ext not in LOCAL_FORMATS:
             raise ConfigError(f"dataset.path '{cfg.path}': unsupported extension {ext!r}; use one of {sorted(LOCAL_FORMATS)}")
@@ -96,7 +96,7 @@ def to_examples(rows: list[dict], cfg: DictConfig, source: str) -> list[dict[str
             fields[placeholder] = "" if value is None else value
         response = fields.pop("response")
         if cfg.label_names is not None:
-            response = cfg.label_names[int(response)]
+            response = label_word(response, cfg.label_names, f"{source}: {row_name(source, idx)}")
         fields["task"] = cfg.name
         prompt = build_prompt(cfg.template, fields)
         if cfg.chat_template:
@@ -105,20 +105,72 @@ def to_examples(rows: list[dict], cfg: DictConfig, source: str) -> list[dict[str
     return examples
 
 
-def load_splits(cfg: DictConfig, seed: int) -> tuple[list[dict[str, str]], list[dict[str, str]]]:
-    """(train, held-out) examples: a seeded shuffle, the first `eval_size` rows held out for the
-    eval loss, then at most `max_train_samples` training rows."""
+def label_word(label, label_names, where: str) -> str:
+    """The word of class index `label` (an int, or its digits as text). Any other label is one
+    ConfigError naming `where` and the allowed labels: -1 (the hub's GLUE test split: no label) would
+    index the last word, and 1.5 or "yes" are no class."""
+    digits = isinstance(label, str) and label.strip().isdecimal()
+    index = int(label) if digits or (isinstance(label, int) and not isinstance(label, bool)) else None
+    if index is None or not 0 <= index < len(label_names):
+        allowed = ", ".join(f"{i} ({word})" for i, word in enumerate(label_names))
+        raise ConfigError(f"{where}: label {label!r} is not a class index of dataset.label_names: {allowed}")
+    return label_names[index]
+
+
+@dataclass
+class Splits:
+    """The (train, held-out) examples of a dataset and what splitting it found (results.json `data`)."""
+    train: list[dict[str, str]]
+    held_out: list[dict[str, str]]
+    report: dict
+
+
+def split_examples(cfg: DictConfig, seed: int) -> Splits:
+    """A seeded shuffle, the first rows held out for the eval loss (`held_out_size`), the training rows
+    after them that are not copies of a held-out row, at most `max_train_samples` of them.
+
+    Identical rows (same prompt and response) never sit on both sides: a held-out row also trained on
+    measures memorisation, not generalisation. Their training copies are removed, not the whole file
+    deduplicated, so data without duplicates is split as before, and copies inside the training set
+    (a dataset's deliberate weighting) stay."""
     rows, source = load_raw_rows(cfg, seed)
     examples = to_examples(rows, cfg, source)
     random.Random(seed).shuffle(examples)
-    eval_size = min(int(cfg.eval_size), len(examples) // 10)
-    if eval_size < 1:
-        raise ConfigError(f"dataset '{cfg.name}' from {source}: {len(examples)} rows leave no held-out row for the "
-                          f"eval loss (dataset.eval_size={cfg.eval_size}, at most a tenth of the rows is held out)")
-    held_out, train = examples[:eval_size], examples[eval_size:]
+    eval_size = held_out_size(cfg, len(examples), source)
+    held_out, rest = examples[:eval_size], examples[eval_size:]
+    held_out_keys = {identity(ex) for ex in held_out}
+    train = [ex for ex in rest if identity(ex) not in held_out_keys]
+    copies = len(rest) - len(train)
+    if not train:
+        raise ConfigError(f"dataset '{cfg.name}' from {source} has no training rows: "
+                          f"all {copies} rows after the {eval_size} held out are copies of held-out rows")
     if cfg.max_train_samples:
         train = train[: int(cfg.max_train_samples)]
-    if not train:
-        raise ConfigError(f"dataset '{cfg.name}' from {source} has no training rows")
-    log.info("dataset %s from %s: %d train, %d held-out", cfg.name, source, len(train), len(held_out))
-    return train, held_out
+    duplicates = len(examples) - len({identity(ex) for ex in examples})
+    log.info("dataset %s from %s: %d train, %d held-out%s", cfg.name, source, len(train), len(held_out),
+             f"; {duplicates} rows repeat an earlier one, {copies} training copies of held-out rows removed"
+             if duplicates else "")
+    return Splits(train, held_out, {"source": source, "rows": len(examples), "duplicate_rows": duplicates,
+                                    "train_copies_of_held_out_removed": copies})
+
+
+def identity(example: dict[str, str]) -> tuple[str, str]:
+    return example["prompt"], example["response"]
+
+
+def held_out_size(cfg: DictConfig, rows: int, source: str) -> int:
+    """`dataset.eval_size`, capped at a tenth of the rows (the rest trains), with a warning saying so."""
+    eval_size = min(int(cfg.eval_size), rows // 10)
+    if eval_size < 1:
+        raise ConfigError(f"dataset '{cfg.name}' from {source}: {rows} rows leave no held-out row for the "
+                          f"eval loss (dataset.eval_size={cfg.eval_size}, at most a tenth of the rows is held out)")
+    if eval_size < int(cfg.eval_size):
+        log.warning("dataset.eval_size=%s is more than a tenth of the %d rows of %s: %d rows held out",
+                    cfg.eval_size, rows, source, eval_size)
+    return eval_size
+
+
+def load_splits(cfg: DictConfig, seed: int) -> tuple[list[dict[str, str]], list[dict[str, str]]]:
+    """(train, held-out) examples (`split_examples`)."""
+    splits = split_examples(cfg, seed)
+    return splits.train, splits.held_out

@@ -30,7 +30,7 @@ def load_items(cfg) -> list[dict]:
             continue
         rows = [{"id": f"{task}/{idx}", "task": task, "gold": row["answer"].strip().lower(),
                  "prompt": build_prompt("alpaca", {"instruction": row["instruction"], "input": row.get("input", "")})}
-                for idx, row in enumerate(read_rows(path))]
+                for idx, row in enumerate(read_rows(path, required=("instruction", "answer")))]
         items.extend(select(rows, cfg.limit, cfg.subset_seed))
     if not items:
         raise ConfigError(f"commonsense: no test file for any of {list(cfg.tasks)} under '{cfg.data_dir}'")

@@ -14,7 +14,7 @@ ANSWER_LINE = r"####[^\n]*\d[^\n]*\n"  # the training format's answer line, ende
 def load_items(cfg) -> list[dict]:
     """Test questions from `cfg.path` (jsonl: question, answer) or the hub's test split."""
     if cfg.path:
-        rows = read_rows(str(cfg.path))
+        rows = read_rows(str(cfg.path), required=("question", "answer"))
     else:
         rows = load_hub_dataset(HUB_ID, HUB_CONFIG, "test", "eval.gsm8k.path").to_list()
     items = [{"id": str(idx), "prompt": build_prompt("alpaca", {"instruction": row["question"]}),

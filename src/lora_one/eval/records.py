@@ -47,14 +47,34 @@ def write_records(path: str, records: list[dict]) -> None:
             f.write(json.dumps(record, ensure_ascii=False) + "\n")
 
 
-def read_rows(path: str) -> list[dict]:
-    """Rows of a local .jsonl (one object a line) or .json (one list) file."""
+def read_rows(path: str, required: Sequence[str] = ()) -> list[dict]:
+    """Rows of a local .jsonl (one object a line) or .json (one list) file, each an object with the
+    `required` keys; anything else is one ConfigError naming the file and the line or row."""
     if not os.path.exists(path):
         raise ConfigError(f"data file '{path}' does not exist")
-    with open(path) as f:
-        if path.endswith(".jsonl"):
-            return [json.loads(line) for line in f if line.strip()]
-        rows = json.load(f)
-    if not isinstance(rows, list):
-        raise ConfigError(f"data file '{path}' must hold a json list of rows")
-    return rows
+    try:
+        with open(path, encoding="utf-8") as f:
+            text = f.read()
+    except UnicodeDecodeError as err:
+        raise ConfigError(f"data file '{path}' is not UTF-8 text ({err.reason} at byte {err.start})") from None
+    if path.endswith(".jsonl"):
+        numbered = [(f"line {number}", parse_json(line, f"{path}: line {number}"))
+                    for number, line in enumerate(text.split("\n"), 1) if line.strip()]
+    else:
+        rows = parse_json(text, path)
+        if not isinstance(rows, list):
+            raise ConfigError(f"data file '{path}' must hold a json list of rows")
+        numbered = [(f"row {number}", row) for number, row in enumerate(rows, 1)]
+    for where, row in numbered:
+        if not isinstance(row, dict):
+            raise ConfigError(f"data file '{path}': {where} is not a json object")
+        if missing := [key for key in required if key not in row]:
+            raise ConfigError(f"data file '{path}': {where} lacks {', '.join(repr(key) for key in missing)}")
+    return [row for _, row in numbered]
+
+
+def parse_json(text: str, where: str):
+    try:
+        return json.loads(text)
+    except json.JSONDecodeError as err:
+        raise ConfigError(f"{where}: not valid JSON ({err.msg} at column {err.colno})") from None

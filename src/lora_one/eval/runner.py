@@ -26,14 +26,19 @@ def predictions_path(out_dir: str, name: str) -> str:
     return os.path.join(out_dir, f"{name}_predictions.jsonl")
 
 
+class EvaluationError(Exception):
+    """A benchmark failed after training; the training's results are written all the same."""
+
+
 def run_benchmark(task: str, cfg, out_dir: str, model=None, tokenizer=None, accelerator=None,
-                  predictions: str | None = None) -> dict:
-    """Metrics of one benchmark: of the model's answers, or of the completions in `predictions`."""
+                  predictions: str | None = None, items: list[dict] | None = None) -> dict:
+    """Metrics of one benchmark: of the model's answers, or of the completions in `predictions`; on
+    `items` when they were loaded already, else on those its config names."""
     if task not in BENCHMARKS:
         raise ConfigError(f"eval task '{task}' is unknown; use some of {sorted(BENCHMARKS)}")
     benchmark = BENCHMARKS[task]
     start = time.perf_counter()
-    items = benchmark.load_items(cfg)
+    items = benchmark.load_items(cfg) if items is None else items
     if predictions:
         metrics, records = benchmark.score_file(cfg, items, predictions)
     else:
@@ -58,6 +63,27 @@ def check_eval_config(eval_cfg) -> None:
             check(eval_cfg[task])
 
 
-def run_evaluators(eval_cfg, model, tokenizer, accelerator, out_dir: str) -> dict:
-    """Every benchmark configured under `eval` (conf/eval), in order: {task: metrics}."""
-    return {task: run_benchmark(task, eval_cfg[task], out_dir, model, tokenizer, accelerator) for task in eval_cfg}
+def load_evaluator_items(eval_cfg) -> dict[str, list[dict]]:
+    """Every configured benchmark's questions, read before training starts: a missing, empty or
+    malformed file stops the run before its first step instead of after its last."""
+    items = {task: BENCHMARKS[task].load_items(eval_cfg[task]) for task in eval_cfg}
+    for task, questions in items.items():
+        if not questions:
+            raise ConfigError(f"eval.{task}: no questions to score (check its data file and settings)")
+    return items
+
+
+def run_evaluators(eval_cfg, items: dict[str, list[dict]], model, tokenizer, accelerator,
+                   out_dir: str) -> tuple[dict, str | None]:
+    """Every benchmark configured under `eval` (conf/eval), in order, on its loaded `items`:
+    ({task: metrics}, None), or, when some fail, their metrics as {"error": ...} and the first failure
+    in words; the others still run, so a late error never costs the results of the training."""
+    metrics, failure = {}, None
+    for task in eval_cfg:
+        try:
+            metrics[task] = run_benchmark(task, eval_cfg[task], out_dir, model, tokenizer, accelerator, items=items[task])
+        except Exception as err:  # noqa: BLE001 (any failure: the training's results must still be written)
+            log.exception("eval %s failed", task)
+            metrics[task] = {"error": f"{type(err).__name__}: {err}"}
+            failure = failure or f"eval {task} failed ({type(err).__name__}: {err})"
+    return metrics, failure

@@ -13,6 +13,7 @@ from safetensors.torch import load_file, save_file
 from tqdm.auto import tqdm
 
 from lora_one import ConfigError
+from lora_one.checkpoint import write_manifest
 from lora_one.init.dora import rebuild_magnitude
 from lora_one.init.gamma_search import AUTO, check_search_config, search_gamma
 from lora_one.init.estimators import exact_full_gradient, sketched_gradient
@@ -160,10 +161,12 @@ def save_init_artifacts(out_dir: str, grads: dict[str, torch.Tensor] | None, bat
 def save_initial_adapter(model: PeftModel, path: str) -> None:
     """Save the adapter as initialised, marked `init_lora_weights=True` so PEFT can later convert a
     trained adapter whose init moved the base weights (LoRA-GA, PiSSA) into a plain LoRA adapter
-    (`save_pretrained(..., path_initial_model_for_weight_conversion=path)`)."""
+    (`save_pretrained(..., path_initial_model_for_weight_conversion=path)`), with a checksum manifest:
+    a resume rebuilds the base from it, so a damaged copy must be refused, not trained on."""
     config = model.peft_config[ADAPTER]
     original, config.init_lora_weights = config.init_lora_weights, True
     try:
         model.save_pretrained(path)
     finally:
         config.init_lora_weights = original
+    write_manifest(path, ["adapter_model.safetensors"])  # what a resume reads; PEFT rewrites the config at each export

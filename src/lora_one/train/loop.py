@@ -70,6 +70,7 @@ class TrainState:
     lr: list = field(default_factory=list)
     grad_norm: list = field(default_factory=list)
     eval_loss: list = field(default_factory=list)  # [step, held-out loss] pairs measured during training
+    alignment: dict = field(default_factory=dict)  # the alignment diagnostics so far (AlignmentDiagnostics.points)
     tokens: int = 0  # non-padding tokens seen, all processes
     train_seconds: float = 0.0
     interrupted: bool = False  # stopped early on request (preemption), after `after_step` saw it
