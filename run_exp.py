@@ -40,7 +40,7 @@ from lora_one.models.full_finetune import is_full_finetuning, train_every_weight
 from lora_one.models.loading import name_base_model
 from lora_one.provenance import provenance
 from lora_one.profiling import measure
-from lora_one.run_dir import RunDirError, RunDirLock, storage_failure, write_json
+from lora_one.run_dir import RunDirError, RunDirLock, storage_failure, write_json, writing
 from lora_one.tracking import Tracker, check_tracking_config, sweep_group
 from lora_one.train import build_optimizer, build_scheduler, evaluate_loss, train
 from lora_one.train.loop import NonFiniteLoss, TrainState
@@ -155,6 +155,7 @@ def run(cfg: DictConfig, out_dir: str, wandb_group: str | None = None) -> dict:
     steps_per_epoch = math.ceil(len(train_loader) / accelerator.gradient_accumulation_steps)
     total_steps = cfg.model.max_steps if cfg.model.max_steps >= 0 else cfg.model.epochs * steps_per_epoch
     history = TrainState()
+    preemption = PreemptionSignal()  # from here until results.json is written: a signal never loses the training
     if total_steps > 0:
         scheduler = build_scheduler(optimizer, cfg.model, total_steps)
         if resume_from is not None:
@@ -175,19 +176,33 @@ def run(cfg: DictConfig, out_dir: str, wandb_group: str | None = None) -> dict:
                 tracker.log(diagnostics.measure(accelerator.unwrap_model(model), now.step), step=now.step)
             every = cfg.checkpoint.every_n_steps
             if stopping or (every > 0 and (now.step % every == 0 or now.step == total_steps)):
-                if diagnostics:
-                    now.alignment = diagnostics.points()  # carried to a resumed run's results
-                save_checkpoint(out_dir, model, optimizer, scheduler, now, shuffle, accelerator, run_info,
-                                cfg.checkpoint.keep, training_config(cfg), data_digest)
+                checkpoint(now)
 
-        preemption = PreemptionSignal()
+        def checkpoint(now: TrainState) -> None:
+            if diagnostics:
+                now.alignment = diagnostics.points()  # carried to a resumed run's results
+            save_checkpoint(out_dir, model, optimizer, scheduler, now, shuffle, accelerator, run_info,
+                            cfg.checkpoint.keep, training_config(cfg), data_digest)
+            checkpointed.append(now.step)
+
+        checkpointed: list[int] = []
         history = train(model, optimizer, scheduler, train_loader, accelerator, total_steps, cfg.optim.max_grad_norm,
                         shuffle, history, after_step, preemption.requested, cfg.log_every)
         if history.interrupted:  # the checkpoint is written: requeue (slurm) and exit
             tracker.finish()
             preemption.hand_over(accelerator.is_main_process)
-        preemption.restore()
+
+    def stop_if_preempted() -> None:
+        """Between the stages after training: on a signal, checkpoint the finished training (unless its
+        last step has one), requeue and exit; the relaunch skips to the evaluation."""
+        if signalled_anywhere(preemption, accelerator):
+            if total_steps > 0 and history.step not in checkpointed:
+                checkpoint(history)
+            tracker.finish()
+            preemption.hand_over(accelerator.is_main_process)
+
     eval_loss_final = evaluate_loss(model, eval_loader, accelerator) if total_steps > 0 else run_info["eval_loss_after_init"]
+    stop_if_preempted()
 
     # --- save: the adapter (PEFT format, always against the original base) and the merged model;
     # full fine-tuning: the trained model itself in merged/, always (it has no adapter to save instead)
@@ -198,7 +213,8 @@ def run(cfg: DictConfig, out_dir: str, wandb_group: str | None = None) -> dict:
     if accelerator.is_main_process:
         if not full_finetuning:
             conversion = os.path.join(init_dir, "adapter") if method.moves_base else None
-            trained.save_pretrained(os.path.join(out_dir, "adapter"), path_initial_model_for_weight_conversion=conversion)
+            with writing(os.path.join(out_dir, "adapter")):  # an unwritable file: one line, not safetensors' traceback
+                trained.save_pretrained(os.path.join(out_dir, "adapter"), path_initial_model_for_weight_conversion=conversion)
             if conversion:
                 restore_exported_magnitudes(trained, os.path.join(out_dir, "adapter"))  # DoRA: PEFT's conversion drops m
             name_base_model(os.path.join(out_dir, "adapter"), cfg.model)  # the hub id, not this machine's cache path
@@ -206,9 +222,11 @@ def run(cfg: DictConfig, out_dir: str, wandb_group: str | None = None) -> dict:
             if not full_finetuning:
                 untie_adapted_weights(trained)  # a tied output head merges into its own copy, not the embeddings
             merged = trained if full_finetuning else trained.merge_and_unload()
-            merged.save_pretrained(os.path.join(out_dir, "merged"))
-            tokenizer.save_pretrained(os.path.join(out_dir, "merged"))
+            with writing(os.path.join(out_dir, "merged")):
+                merged.save_pretrained(os.path.join(out_dir, "merged"))
+                tokenizer.save_pretrained(os.path.join(out_dir, "merged"))
     accelerator.wait_for_everyone()
+    stop_if_preempted()
 
     # --- results
     resolved = OmegaConf.to_container(cfg, resolve=True)
@@ -235,15 +253,23 @@ def run(cfg: DictConfig, out_dir: str, wandb_group: str | None = None) -> dict:
         **finish_diagnostics(diagnostics, out_dir, accelerator.is_main_process),
     }
     # benchmarks chosen by conf/eval on the trained model: <task>_predictions.jsonl here, metrics under "eval"
-    results["eval"], eval_failure = run_evaluators(cfg.eval, eval_items, trained, tokenizer, accelerator, out_dir)
+    results["eval"], eval_failure = run_evaluators(cfg.eval, eval_items, trained, tokenizer, accelerator, out_dir,
+                                                   before_each=stop_if_preempted)
     results["provenance"] = provenance(start_time)  # code version, packages, device, start/end times
     if accelerator.is_main_process:
         write_json(os.path.join(out_dir, "results.json"), results)
         log.info("eval loss %.4f after %d steps; results in %s", eval_loss_final, history.step, out_dir)
+    preemption.restore()
     tracker.finish(results)
     if eval_failure:
         raise EvaluationError(f"{eval_failure}; the training's results are in {out_dir}/results.json")
     return results
+
+
+def signalled_anywhere(preemption: PreemptionSignal, accelerator: Accelerator) -> bool:
+    """Whether any process caught a preemption signal: all stop at the same stage, or none does."""
+    caught = torch.tensor([float(preemption.requested())], device=accelerator.device)
+    return bool(accelerator.reduce(caught, "sum").item() > 0)
 
 
 @hydra.main(version_base="1.3", config_path="conf", config_name="config")

@@ -74,3 +74,47 @@ def test_a_benchmark_failing_after_training_keeps_the_training_results(tmp_path,
     results = json.loads((run_dir / "results.json").read_text())
     assert results["eval"] == {"gsm8k": {"error": "RuntimeError: the grader crashed"}}
     assert results["steps"] == 1 and results["eval_loss"] > 0 and (run_dir / "adapter").is_dir()
+
+
+# --- files a run cannot write: one line naming the file (issue #21, item 15) -------------------------
+
+def test_results_json_that_cannot_be_replaced_is_named_and_no_temporary_is_left(tmp_path, monkeypatch):
+    import errno
+    import os
+
+    from lora_one.run_dir import RunDirError, write_json
+
+    def refuse(source, target):
+        raise PermissionError(errno.EPERM, "Operation not permitted", source)  # the temporary file is named
+
+    monkeypatch.setattr(os, "replace", refuse)
+    with pytest.raises(RunDirError, match=rf"^cannot write {tmp_path}/results.json: operation not permitted \(EPERM\)$"):
+        write_json(str(tmp_path / "results.json"), {"eval_loss": 1.0})
+    assert os.listdir(tmp_path) == []
+
+
+@pytest.fixture
+def immutable(tmp_path):
+    """Files made immutable (chattr +i, which binds root too), made mutable again afterwards."""
+    import subprocess
+
+    made = []
+
+    def make(path):
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.touch()
+        if subprocess.run(["chattr", "+i", str(path)], capture_output=True).returncode != 0:
+            pytest.skip("chattr +i is not available here")
+        made.append(path)
+
+    yield make
+    for path in made:
+        subprocess.run(["chattr", "-i", str(path)], check=False)
+
+
+def test_an_adapter_file_that_cannot_be_written_is_one_line(tmp_path, immutable):
+    from lora_one.run_dir import RunDirError
+
+    immutable(tmp_path / "run" / "adapter" / "adapter_model.safetensors")
+    with pytest.raises(RunDirError, match=r"cannot write .*run/adapter: operation not permitted \(EPERM\)"):
+        run_experiment(QUICK, tmp_path / "run")

@@ -247,3 +247,52 @@ def test_only_the_listed_logging_settings_may_change_on_resume(tmp_path):
     check_same_training(str(tmp_path), compose_config(TINY + ["log_every=3"]))
     with pytest.raises(ConfigError, match="another 'eval_loss_every' config"):  # not listed: refused
         check_same_training(str(tmp_path), compose_config(TINY + ["eval_loss_every=2"]))
+
+
+@pytest.mark.parametrize("stage", ["final held-out pass", "benchmark"])
+def test_a_signal_after_training_checkpoints_it_and_the_relaunch_only_evaluates(tmp_path, monkeypatch, stage):
+    """SIGUSR1 during the final held-out pass, or during a benchmark, with no periodic checkpoints: the
+    run writes a checkpoint of the finished training and exits 128 + 10; the relaunch resumes at the last
+    step, trains nothing, and ends with the unbroken run's numbers."""
+    import signal
+
+    import run_exp
+
+    overrides = TINY + ["model.max_steps=3", "checkpoint.every_n_steps=0", "wandb.mode=disabled"]
+    if stage == "benchmark":
+        questions = tmp_path / "questions.jsonl"
+        questions.write_text(json.dumps({"question": "What is 2 + 2?", "answer": "#### 4"}) + "\n")
+        overrides += ["eval=gsm8k", f"eval.gsm8k.path={questions}", "eval.gsm8k.max_new_tokens=2"]
+    unbroken = run_experiment(overrides, tmp_path / "unbroken")
+    real_train, real_evaluate_loss, real_run_evaluators = run_exp.train, run_exp.evaluate_loss, run_exp.run_evaluators
+    trained = []
+
+    def train_then_mark(*args, **kwargs):
+        trained.append(True)
+        return real_train(*args, **kwargs)
+
+    def signal_after_training(*args, **kwargs):
+        if trained and stage == "final held-out pass":
+            os.kill(os.getpid(), signal.SIGUSR1)
+        return real_evaluate_loss(*args, **kwargs)
+
+    def signal_in_benchmark(*args, **kwargs):
+        os.kill(os.getpid(), signal.SIGUSR1)  # the signal lands while the evaluators are about to run
+        return real_run_evaluators(*args, **kwargs)
+
+    monkeypatch.setattr(run_exp, "train", train_then_mark)
+    monkeypatch.setattr(run_exp, "evaluate_loss", signal_after_training)
+    if stage == "benchmark":
+        monkeypatch.setattr(run_exp, "run_evaluators", signal_in_benchmark)
+    monkeypatch.delenv("SLURM_JOB_ID", raising=False)
+    with pytest.raises(SystemExit) as exit_:
+        run_experiment(overrides, tmp_path / "broken")
+    assert exit_.value.code == 128 + signal.SIGUSR1
+    assert latest_checkpoint(str(tmp_path / "broken")).endswith("step_3")
+    assert not (tmp_path / "broken" / "results.json").exists()
+    monkeypatch.undo()
+    resumed = run_experiment(overrides, tmp_path / "broken")
+    assert resumed["resumed_from"].endswith("step_3") and resumed["steps"] == 3
+    assert resumed["eval_loss"] == unbroken["eval_loss"] and resumed["train_loss_curve"] == unbroken["train_loss_curve"]
+    timeless = lambda results: {task: {k: v for k, v in m.items() if k != "seconds"} for task, m in results["eval"].items()}
+    assert timeless(resumed) == timeless(unbroken)  # the benchmark scored in full after the relaunch

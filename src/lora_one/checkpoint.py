@@ -109,9 +109,14 @@ def recorded_training(resume_from: str | None, resume: str, run_dir: str) -> Rec
     results = os.path.join(run_dir, RESULTS)
     if resume != "auto" or not os.path.isfile(results):
         return None
-    with open(results) as f:
-        finished = json.load(f)
-    return RecordedTraining(f"the finished run in {run_dir}", finished["config"], finished.get("training_data"))
+    try:
+        with open(results, encoding="utf-8") as f:
+            finished = json.load(f)
+        config = finished["config"]
+    except (ValueError, TypeError, KeyError) as err:  # not JSON, not UTF-8, not a run's results
+        raise ConfigError(f"{results} is not the results of a run ({type(err).__name__}: {err}), so whether this "
+                          "launch would replace other training cannot be told: resume=never starts over") from None
+    return RecordedTraining(f"the finished run in {run_dir}", config, finished.get("training_data"))
 
 
 def check_same_training(checkpoint: str, cfg: DictConfig) -> None:

@@ -11,6 +11,7 @@ import errno
 import json
 import math
 import os
+import re
 import shutil
 import socket
 import sys
@@ -30,7 +31,7 @@ class RunDirError(RuntimeError):
 def os_error_cause(err: BaseException, directory: str) -> str:
     """What went wrong, in words: the errno's name and text; a full disk is reported as such even by
     writers that lose the errno (torch.save, safetensors), from the free space left."""
-    code = getattr(err, "errno", None)
+    code = getattr(err, "errno", None) or lost_errno(err)
     lost_errno_disk_full = code is None and ("No space left on device" in str(err) or free_bytes(directory) < LOW_SPACE_BYTES)
     if code == errno.ENOSPC or lost_errno_disk_full:
         return DISK_FULL
@@ -39,6 +40,12 @@ def os_error_cause(err: BaseException, directory: str) -> str:
     if code is not None:
         return f"{os.strerror(code).lower()} ({errno.errorcode.get(code, code)})"
     return str(err)
+
+
+def lost_errno(err: BaseException) -> int | None:
+    """The errno a Rust writer (safetensors) keeps only in its message: "… I/O error: … (os error 1)"."""
+    match = re.search(r"\(os error (\d+)\)", str(err))
+    return int(match.group(1)) if match else None
 
 
 def free_bytes(path: str) -> int:
@@ -72,10 +79,10 @@ def writing(path: str):
         yield
     except OSError as err:
         raise RunDirError(f"cannot write {err.filename or path}: {os_error_cause(err, path)}") from err
-    except Exception as err:  # torch.save, safetensors: the errno is lost in the message
-        if isinstance(err, RunDirError) or os_error_cause(err, path) != DISK_FULL:
+    except Exception as err:  # torch.save, safetensors: the errno is lost, or only in the message
+        if isinstance(err, RunDirError) or (lost_errno(err) is None and os_error_cause(err, path) != DISK_FULL):
             raise
-        raise RunDirError(f"cannot write {path}: {DISK_FULL}") from err
+        raise RunDirError(f"cannot write {path}: {os_error_cause(err, path)}") from err
 
 
 def finite_or_null(value):
@@ -94,10 +101,14 @@ def write_json(path: str, payload: dict, indent: int = 2) -> None:
     """Strict JSON (non-finite floats → null), written via a temporary file and a rename, so a crash
     never leaves a truncated file; a failed write is a RunDirError naming the path."""
     tmp = f"{path}.tmp"
-    with writing(path):
+    try:
         with open(tmp, "w") as f:
             json.dump(finite_or_null(payload), f, indent=indent, allow_nan=False)
         os.replace(tmp, path)
+    except OSError as err:  # named by the file meant, not the temporary one, which is not left behind
+        with contextlib.suppress(OSError):
+            os.remove(tmp)
+        raise RunDirError(f"cannot write {path}: {os_error_cause(err, path)}") from err
 
 
 def lock_owner() -> dict:

@@ -4,6 +4,7 @@ and share the metrics."""
 import logging
 import os
 import time
+from typing import Callable
 
 from accelerate.utils import broadcast_object_list
 
@@ -73,13 +74,15 @@ def load_evaluator_items(eval_cfg) -> dict[str, list[dict]]:
     return items
 
 
-def run_evaluators(eval_cfg, items: dict[str, list[dict]], model, tokenizer, accelerator,
-                   out_dir: str) -> tuple[dict, str | None]:
+def run_evaluators(eval_cfg, items: dict[str, list[dict]], model, tokenizer, accelerator, out_dir: str,
+                   before_each: Callable[[], None] = lambda: None) -> tuple[dict, str | None]:
     """Every benchmark configured under `eval` (conf/eval), in order, on its loaded `items`:
     ({task: metrics}, None), or, when some fail, their metrics as {"error": ...} and the first failure
-    in words; the others still run, so a late error never costs the results of the training."""
+    in words; the others still run, so a late error never costs the results of the training.
+    `before_each()` runs before each benchmark (run_exp: stop there on a preemption signal)."""
     metrics, failure = {}, None
     for task in eval_cfg:
+        before_each()
         try:
             metrics[task] = run_benchmark(task, eval_cfg[task], out_dir, model, tokenizer, accelerator, items=items[task])
         except Exception as err:  # noqa: BLE001 (any failure: the training's results must still be written)
