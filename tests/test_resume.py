@@ -20,7 +20,7 @@ from torch.utils.data import DataLoader
 import run_exp
 from conftest import ROOT, TINY, compose_config, run_experiment
 from lora_one import ConfigError
-from lora_one.checkpoint import check_same_training, checkpoint_to_resume, latest_checkpoint, load_checkpoint, \
+from lora_one.checkpoint import checkpoint_training, checkpoint_to_resume, latest_checkpoint, load_checkpoint, \
     save_checkpoint, training_config
 from lora_one.data import encode_rows, load_splits, make_batches
 from lora_one.init import METHODS, init_method, redo_base_offset, save_initial_adapter
@@ -95,9 +95,9 @@ def test_resume_setting_picks_the_newest_complete_checkpoint(tmp_path):
 def test_a_checkpoint_only_continues_the_same_training(tmp_path):
     cfg = compose_config(RUN)
     (tmp_path / "trainer_state.json").write_text(json.dumps({"config": training_config(cfg)}))
-    check_same_training(str(tmp_path), compose_config(RUN + ["wandb.mode=offline", "checkpoint.keep=3"]))
+    checkpoint_training(str(tmp_path)).check_config(compose_config(RUN + ["wandb.mode=offline", "checkpoint.keep=3"]))
     with pytest.raises(ConfigError, match="written with another 'model' config; resume=never starts over"):
-        check_same_training(str(tmp_path), compose_config(RUN + ["model.learning_rate=0.5"]))
+        checkpoint_training(str(tmp_path)).check_config(compose_config(RUN + ["model.learning_rate=0.5"]))
 
 
 def test_lora_ga_base_offset_is_redone_from_the_initial_adapter(tmp_path):

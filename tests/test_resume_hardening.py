@@ -19,7 +19,7 @@ from torch import nn
 
 from conftest import TINY, compose_config, run_experiment
 from lora_one import ConfigError
-from lora_one.checkpoint import check_same_training, checkpoint_to_resume, latest_checkpoint, save_checkpoint, \
+from lora_one.checkpoint import checkpoint_training, checkpoint_to_resume, latest_checkpoint, save_checkpoint, \
     training_config, training_data_digest
 from lora_one.data.toy_math import generate_toy_math
 from lora_one.run_dir import LOCK_FILE, RunDirError
@@ -234,19 +234,19 @@ def saved_config(tmp_path, cfg) -> str:
 def test_a_changed_model_is_named_not_the_settings_interpolated_from_it(tmp_path):
     checkpoint = saved_config(tmp_path, compose_config(TINY))
     with pytest.raises(ConfigError, match="another 'model' config"):  # init.max_length follows model.max_length
-        check_same_training(checkpoint, compose_config(["dataset.eval_size=16"]))
+        checkpoint_training(checkpoint).check_config(compose_config(["dataset.eval_size=16"]))
     with pytest.raises(ConfigError, match="another 'init' config"):  # set directly
-        check_same_training(checkpoint, compose_config(TINY + ["init.max_length=64"]))
+        checkpoint_training(checkpoint).check_config(compose_config(TINY + ["init.max_length=64"]))
 
 
 def test_only_the_listed_logging_settings_may_change_on_resume(tmp_path):
     cfg = compose_config(TINY)
-    check_same_training(saved_config(tmp_path, cfg), compose_config(TINY + ["log_every=1"]))
+    checkpoint_training(saved_config(tmp_path, cfg)).check_config(compose_config(TINY + ["log_every=1"]))
     # a checkpoint written before log_every was listed holds it in its config
     (tmp_path / "trainer_state.json").write_text(json.dumps({"config": {**training_config(cfg), "log_every": 10}}))
-    check_same_training(str(tmp_path), compose_config(TINY + ["log_every=3"]))
+    checkpoint_training(str(tmp_path)).check_config(compose_config(TINY + ["log_every=3"]))
     with pytest.raises(ConfigError, match="another 'eval_loss_every' config"):  # not listed: refused
-        check_same_training(str(tmp_path), compose_config(TINY + ["eval_loss_every=2"]))
+        checkpoint_training(str(tmp_path)).check_config(compose_config(TINY + ["eval_loss_every=2"]))
 
 
 @pytest.mark.parametrize("stage", ["final held-out pass", "benchmark"])

@@ -119,11 +119,6 @@ def recorded_training(resume_from: str | None, resume: str, run_dir: str) -> Rec
     return RecordedTraining(f"the finished run in {run_dir}", config, finished.get("training_data"))
 
 
-def check_same_training(checkpoint: str, cfg: DictConfig) -> None:
-    """A checkpoint continues only the training it comes from: one ConfigError naming what changed."""
-    checkpoint_training(checkpoint).check_config(cfg)
-
-
 def training_data_digest(dataset: DictConfig, train_examples: list[dict]) -> dict:
     """What identifies the data a run trains on: the sha256 of the file it read (a GLUE folder: its
     train.tsv, as data/loading.py reads it), or, for generated or hub data, of the training examples
