@@ -4,19 +4,33 @@ config → seed → data → model + adapters → init → train → merge/save 
     python run_exp.py                                   # embedded default, offline, CPU
     python run_exp.py -m ++init.direction=LoRA-One,LoRA-GA seed=1,2,3
 """
+import os
+import sys
+
+import hydra
+
+from lora_one.command_line import answered_by_hydra, hydra_arguments, resume_command
+
+HYDRA_APP = {"version_base": "1.3", "config_path": "conf", "config_name": "config"}
+
+if __name__ == "__main__":  # the command line is settled before the heavy imports below (torch alone: ~10 s)
+    sys.argv[1:] = hydra_arguments(sys.argv[1:], int(os.environ.get("RANK", "0")))  # other ranks; resume=<run dir>
+    if answered_by_hydra(sys.argv[1:]):  # --help, --cfg job, --info: Hydra prints them and runs nothing
+        hydra.main(**HYDRA_APP)(lambda cfg: None)()
+        sys.exit()
+
 import contextlib
 import hashlib
 import json
 import logging
 import math
-import os
 import shutil
-import sys
+import signal
 import time
+from typing import NoReturn
 
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
-import hydra
 import torch
 from accelerate import Accelerator, PartialState
 from accelerate.utils import broadcast_object_list, set_seed
@@ -25,9 +39,9 @@ from omegaconf import DictConfig, OmegaConf
 from torch.utils.data import DataLoader
 
 from lora_one import ConfigError
-from lora_one.checkpoint import check_checkpoint_config, check_initial_adapter, checkpoint_to_resume, load_checkpoint, \
-    read_run_info, recorded_training, run_dir_of, save_checkpoint, set_aside_checkpoints, training_config, \
-    training_data_digest
+from lora_one.checkpoint import check_checkpoint_config, check_initial_adapter, checkpoint_steps, \
+    checkpoint_to_resume, load_checkpoint, read_run_info, recorded_training, remove_checkpoints, run_dir_of, \
+    save_checkpoint, set_aside_checkpoints, training_config, training_data_digest
 from lora_one.config import accumulation_steps, check_config_keys, validate_config
 from lora_one.data import encode_rows, make_batches, make_collator, prepare_data
 from lora_one.diagnostics import alignment_diagnostics, finish_diagnostics
@@ -38,6 +52,7 @@ from lora_one.models import add_lora_adapters, load_model, load_tokenizer
 from lora_one.models.adapters import ADAPTER, untie_adapted_weights
 from lora_one.models.full_finetune import is_full_finetuning, train_every_weight
 from lora_one.models.loading import name_base_model
+from lora_one.models.model_card import base_model_record, write_model_card
 from lora_one.provenance import provenance
 from lora_one.profiling import measure
 from lora_one.run_dir import RunDirError, RunDirLock, storage_failure, write_json, writing
@@ -155,7 +170,8 @@ def run(cfg: DictConfig, out_dir: str, wandb_group: str | None = None) -> dict:
     steps_per_epoch = math.ceil(len(train_loader) / accelerator.gradient_accumulation_steps)
     total_steps = cfg.model.max_steps if cfg.model.max_steps >= 0 else cfg.model.epochs * steps_per_epoch
     history = TrainState()
-    preemption = PreemptionSignal()  # from here until results.json is written: a signal never loses the training
+    # from here until results.json is written, a signal (Ctrl-C too) never loses the training
+    preemption = PreemptionSignal(resume_command(out_dir, __file__))
     if total_steps > 0:
         scheduler = build_scheduler(optimizer, cfg.model, total_steps)
         if resume_from is not None:
@@ -188,7 +204,7 @@ def run(cfg: DictConfig, out_dir: str, wandb_group: str | None = None) -> dict:
         checkpointed: list[int] = []
         history = train(model, optimizer, scheduler, train_loader, accelerator, total_steps, cfg.optim.max_grad_norm,
                         shuffle, history, after_step, preemption.requested, cfg.log_every)
-        if history.interrupted:  # the checkpoint is written: requeue (slurm) and exit
+        if history.interrupted:  # the checkpoint is written: requeue (slurm), or say how to continue, and exit
             tracker.finish()
             preemption.hand_over(accelerator.is_main_process)
 
@@ -250,6 +266,7 @@ def run(cfg: DictConfig, out_dir: str, wandb_group: str | None = None) -> dict:
         "train_time_s": history.train_seconds,
         "tokens_per_s": history.tokens_per_s if history.step else None,
         "resumed_from": resume_from,
+        "base_model": base_model_record(cfg.model, trained.name_or_path),  # what the weights trained on really were
         **finish_diagnostics(diagnostics, out_dir, accelerator.is_main_process),
     }
     # benchmarks chosen by conf/eval on the trained model: <task>_predictions.jsonl here, metrics under "eval"
@@ -258,7 +275,12 @@ def run(cfg: DictConfig, out_dir: str, wandb_group: str | None = None) -> dict:
     results["provenance"] = provenance(start_time)  # code version, packages, device, start/end times
     if accelerator.is_main_process:
         write_json(os.path.join(out_dir, "results.json"), results)
+        if not full_finetuning:  # the adapter's model card quotes the eval numbers: written with results.json
+            with writing(os.path.join(out_dir, "adapter")):
+                write_model_card(os.path.join(out_dir, "adapter"), cfg, results)
         log.info("eval loss %.4f after %d steps; results in %s", eval_loss_final, history.step, out_dir)
+        if not (cfg.checkpoint.keep_final or eval_failure):  # a failed benchmark: a relaunch resumes to redo it
+            remove_checkpoints(out_dir)
     preemption.restore()
     tracker.finish(results)
     if eval_failure:
@@ -272,7 +294,7 @@ def signalled_anywhere(preemption: PreemptionSignal, accelerator: Accelerator) -
     return bool(accelerator.reduce(caught, "sum").item() > 0)
 
 
-@hydra.main(version_base="1.3", config_path="conf", config_name="config")
+@hydra.main(**HYDRA_APP)
 def main(cfg: DictConfig) -> float:
     hydra_cfg = HydraConfig.get()
     export_submitit_ranks()
@@ -289,6 +311,19 @@ def main(cfg: DictConfig) -> float:
         if failure is None:
             raise
         raise SystemExit(f"error: {failure}") from None
+    except KeyboardInterrupt:  # Ctrl-C before training, or a second one during it: stop at once, no traceback,
+        pass  # after this handler, which holds the interrupted frames: tqdm ends its bar's line when they go
+    stop_at_once(hydra_cfg.runtime.output_dir, first_rank)
+
+
+def stop_at_once(run_dir: str, main_process: bool) -> NoReturn:
+    """Exit 130 with one line: the command that continues from the newest checkpoint, if there is one."""
+    if main_process and checkpoint_steps(run_dir):
+        print(f"interrupted at once, not checkpointed; continue from the newest checkpoint with: "
+              f"{resume_command(run_dir, __file__)}", file=sys.stderr)
+    elif main_process:
+        print("interrupted at once, before any checkpoint: nothing to continue", file=sys.stderr)
+    sys.exit(128 + signal.SIGINT)
 
 
 def export_submitit_ranks() -> None:
@@ -301,8 +336,4 @@ def export_submitit_ranks() -> None:
 
 
 if __name__ == "__main__":
-    if int(os.environ.get("RANK", "0")) > 0:
-        # torchrun / accelerate launch: only rank 0 writes the run dir and logs (the others learn its path)
-        sys.argv[1:1] = ["hydra.run.dir=.", "hydra.output_subdir=null", "hydra/job_logging=disabled",
-                         "hydra/hydra_logging=disabled"]
     main()

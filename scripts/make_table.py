@@ -3,7 +3,7 @@ runs whose resolved configs are equal but for the seed (and bookkeeping: cache_d
 checkpoint, wandb). Rows = method (init × optimizer) plus one column per setting that differs between
 rows (a `model.learning_rate=1e-3,1e-1` sweep gets a learning-rate column); columns = tasks (each
 `eval` benchmark's headline metric, or the held-out loss of the training dataset when a run has no
-benchmark); cells = mean ± std over seeds (sample std).
+benchmark); cells = mean ± std over seeds (sample std), or a single seed's value marked "(1 seed)".
 
 The setting columns are the Hydra overrides (`.hydra/overrides.yaml` of each run) that differ between
 rows, shown with their resolved values; without recorded overrides, the differing resolved keys.

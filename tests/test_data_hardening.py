@@ -10,12 +10,12 @@ from collections import Counter
 
 import pytest
 
-from conftest import TINY, compose_config, run_experiment
+from conftest import TINY, compose_config, run_cli, run_experiment
 from lora_one import ConfigError
 from lora_one.data import load_splits
 from lora_one.data.loading import load_raw_rows, to_examples
 from lora_one.eval.glue import dev_examples
-from test_loading_errors import assert_one_error_line, run_cli
+from test_loading_errors import assert_one_error_line
 
 SHORT = "What is {} + 1?"  # with the alpaca template: 41 tiny-tokenizer tokens, its response 3
 LONG_QUESTION = SHORT + " And then?" * 40  # a prompt of 158 tokens: nothing of the response fits in 64
@@ -80,7 +80,7 @@ def test_labels_as_digits_are_class_indices(tmp_path):
 
 def test_cli_names_the_glue_test_splits_minus_one(tmp_path):
     path = sst2_jsonl(tmp_path, -1)
-    proc = run_cli(TINY + ["dataset=sst2", f"dataset.path={path}"], tmp_path)
+    proc = run_cli(TINY + ["dataset=sst2", f"dataset.path={path}"], tmp_path / "run")
     assert_one_error_line(proc, f"error: {path}: line 7: label -1 is not a class index of dataset.label_names: "
                                 "0 (negative), 1 (positive)")
 

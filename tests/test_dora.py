@@ -145,7 +145,8 @@ def test_lora_ga_dora_exports_against_the_original_base(tmp_path):
 @pytest.mark.slow
 def test_resume_restores_the_magnitude(tmp_path):
     """m is trainable, so it is in the checkpoint: a run resumed from step 2 ends where an unbroken one does."""
-    run = TINY + DORA + ["model.max_steps=4", "checkpoint.every_n_steps=2", "checkpoint.keep=2", "wandb.mode=disabled"]
+    run = TINY + DORA + ["model.max_steps=4", "checkpoint.every_n_steps=2", "checkpoint.keep=2", "checkpoint.keep_final=true",
+                         "wandb.mode=disabled"]
     unbroken = run_experiment(run, tmp_path / "unbroken")
     saved = load_file(tmp_path / "unbroken" / "checkpoints" / "step_2" / "trainable.safetensors")
     assert any("lora_magnitude_vector" in k for k in saved)

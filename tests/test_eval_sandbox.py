@@ -38,7 +38,7 @@ def mode(request, monkeypatch):
     try:
         sandbox_mode()
     except SandboxError as error:
-        pytest.skip(f"mode {request.param!r} does not work on this machine: {error}")
+        pytest.skip(str(error))  # names the mode and why it failed
     return request.param
 
 
@@ -353,8 +353,27 @@ def test_root_gets_the_namespaces_mode_or_says_why_not(monkeypatch):
 def test_without_namespaces_an_unreadable_interpreter_is_refused_not_run(monkeypatch):
     """pyenv under /root: a dropped uid could not import the stdlib lazily; refuse instead of failing samples."""
     monkeypatch.setenv(MODE_VARIABLE, "limits only")
-    with pytest.raises(SandboxError, match="not readable by the sandbox's uid"):
+    with pytest.raises(SandboxError, match="not readable by the sandbox's uid") as refused:
         sandbox_mode()
+    # only the forced mode was tried, and the message says so: the namespaces mode may well work here
+    assert str(refused.value).startswith(f"{MODE_VARIABLE}='limits only' forces a mode that does not work on this "
+                                         "machine (no other tried): 'limits only' failed: PermissionError: ")
+
+
+def test_when_no_mode_works_each_mode_tried_is_named_with_its_failure(monkeypatch):
+    """A child script that cannot start (here: missing) fails every mode's probe; the message names each mode
+    the machine would try, in order, with the reason (the interpreter's own words)."""
+    monkeypatch.delenv(MODE_VARIABLE, raising=False)
+    monkeypatch.setattr(sandbox, "_modes", {})  # probe again, not the mode found by an earlier test
+    monkeypatch.setattr(sandbox, "CHILD_SCRIPT", "/nonexistent/sandbox_child.py")
+    with pytest.raises(SandboxError) as refused:
+        sandbox_mode()
+    strongest = "namespaces" if AS_ROOT else "user namespaces"
+    message = str(refused.value)
+    assert message.startswith(f"no sandbox mode works on this machine; tried {strongest!r} and 'limits only': "
+                              f"{strongest!r} failed: ")
+    assert "; 'limits only' failed: " in message
+    assert message.count("can't open file '/nonexistent/sandbox_child.py'") == 2
 
 
 # --- as a user: the test, as root, starts a process of an unprivileged uid that can run this interpreter
@@ -424,7 +443,7 @@ def test_as_a_user_the_verdict_holds_and_user_namespaces_protect_the_users_files
         inner = AS_USER.format(src=src, prompt=PROMPT, test=TEST, cases=cases)
         wrapper = EXPOSE_INTERPRETER_AND_BECOME_USER.format(src=src, uid=USER_UID, inner=inner, env=env)
         done = subprocess.run([sys.executable, "-c", wrapper], capture_output=True, text=True, timeout=300)
-        if "user namespaces" in done.stderr and "no sandbox mode works" in done.stderr:
+        if user_mode == "user namespaces" and "'user namespaces' failed" in done.stderr:
             pytest.skip(f"unprivileged user namespaces are not allowed here: {done.stderr[-300:]}")
         assert done.returncode == 0, done.stderr[-3000:]
         report = json.loads(done.stdout.strip().splitlines()[-1])

@@ -3,8 +3,6 @@ autograd gradient, a resumed run ends bit for bit where an unbroken one does, th
 with the same held-out loss, and the LoRA-only settings are refused in one line."""
 import copy
 import math
-import subprocess
-import sys
 
 import pytest
 import torch
@@ -15,7 +13,7 @@ from torch.utils.data import DataLoader
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
 import run_exp
-from conftest import ROOT, TINY, compose_config, run_experiment
+from conftest import TINY, compose_config, run_cli, run_experiment
 from lora_one import ConfigError
 from lora_one.config import validate_config
 from lora_one.data import encode_rows, load_splits, make_batches, make_collator
@@ -25,7 +23,7 @@ from lora_one.train import build_optimizer, build_scheduler, evaluate_loss, trai
 from lora_one.train.loop import training_loss
 
 FULL = TINY + ["peft=none", "init=default", "wandb.mode=disabled"]
-RUN = FULL + ["model.max_steps=6", "checkpoint.every_n_steps=2", "checkpoint.keep=3"]
+RUN = FULL + ["model.max_steps=6", "checkpoint.every_n_steps=2", "checkpoint.keep=3", "checkpoint.keep_final=true"]
 
 
 def base_model(cfg):
@@ -137,8 +135,7 @@ def test_lora_only_settings_are_refused_in_one_line(overrides, message):
 
 def test_cli_names_the_init_to_write(tmp_path):
     """`peft=none` alone keeps the default init=gradient: refused before any work, saying what to write."""
-    done = subprocess.run([sys.executable, "run_exp.py", "model=tiny_llama", "peft=none", f"hydra.run.dir={tmp_path}"],
-                          cwd=ROOT, capture_output=True, text=True)
+    done = run_cli(["model=tiny_llama", "peft=none"], tmp_path)
     assert done.returncode == 1 and "Traceback" not in done.stderr and not (tmp_path / "results.json").exists()
     assert done.stderr.strip().splitlines()[-1] == (
         "error: init=gradient (LoRA-One) initialises LoRA adapters and peft=none (full fine-tuning) has none: "

@@ -18,7 +18,7 @@ from accelerate import Accelerator
 from torch import nn
 from torch.utils.data import DataLoader
 
-from conftest import ROOT, TINY, compose_config, run_experiment
+from conftest import ROOT, TINY, compose_config, run_cli, run_experiment
 from lora_one import ConfigError
 from lora_one.checkpoint import checkpoint_damage, checkpoint_to_resume, latest_checkpoint, save_checkpoint
 from lora_one.config import check_config_keys
@@ -29,14 +29,16 @@ from lora_one.train.loop import NonFiniteLoss, TrainState
 QUICK = TINY[:1] + ["dataset.eval_size=4", "model.max_steps=1", "checkpoint.every_n_steps=0"]
 
 
-def cli(args: list[str], run_dir, **env) -> subprocess.CompletedProcess:
-    """`python run_exp.py ARGS hydra.run.dir=RUN_DIR`, offline, without wandb."""
+def cli_process(args: list[str], run_dir, **env) -> subprocess.CompletedProcess:
+    """`python run_exp.py ARGS hydra.run.dir=RUN_DIR`, offline, without wandb, in a process of its own: for
+    settings read when a library is imported (huggingface_hub and datasets read HF_HOME and HF_HUB_OFFLINE
+    then). Every other CLI test runs the same command in this interpreter (conftest.run_cli)."""
     environ = {**os.environ, "HF_HUB_OFFLINE": "1", "WANDB_MODE": "disabled", **env}
     return subprocess.run([sys.executable, "run_exp.py", *args, f"hydra.run.dir={run_dir}"], cwd=ROOT, env=environ,
                           capture_output=True, text=True, timeout=600)
 
 
-def assert_error(proc: subprocess.CompletedProcess, pattern: str, mid_run: bool = False) -> None:
+def assert_error(proc, pattern: str, mid_run: bool = False) -> None:
     """Exit status ≠ 0 and stderr is exactly one line, `error: …` matching `pattern` (a regex). An error
     `mid_run` follows the progress bars (tqdm) and library warnings on stderr: it is the last line, and
     no traceback."""
@@ -100,7 +102,7 @@ def test_a_non_finite_step_stops_before_its_update(kind, max_grad_norm):
 @pytest.mark.slow
 def test_cli_stops_at_the_first_non_finite_step_and_writes_no_nan_checkpoint(tmp_path):
     """A learning rate of 1e30 makes step 1's update huge and step 2's loss non-finite."""
-    proc = cli(QUICK + ["model.max_steps=4", "model.learning_rate=1e30", "checkpoint.every_n_steps=1"], tmp_path)
+    proc = run_cli(QUICK + ["model.max_steps=4", "model.learning_rate=1e30", "checkpoint.every_n_steps=1"], tmp_path)
     assert_error(proc, r"^error: step 2: the training loss is (nan|inf) and the gradient norm \S+; stopped before "
                        r"updating \(no checkpoint of this step\)", mid_run=True)
     from safetensors.torch import load_file
@@ -136,9 +138,17 @@ def test_results_json_is_strict_json_with_null_for_non_finite(tmp_path):
     ("++init.directon=LoRA-GA", r"init.directon is not a config key \(did you mean init.direction\?\)"),
 ])
 def test_cli_refuses_a_bad_setting_before_any_work(tmp_path, override, message):
-    proc = cli(QUICK + [override], tmp_path)
+    proc = run_cli(QUICK + [override], tmp_path)
     assert_error(proc, "^error: " + message + "$")
     assert "held-out loss" not in (tmp_path / "run_exp.log").read_text()  # no model ran: no init, no training
+
+
+def test_the_in_process_cli_answers_as_a_process_of_its_own(tmp_path):
+    """run_cli (this interpreter) stands for `python run_exp.py`: same exit status, same one stderr line."""
+    args = QUICK + ["model.max_steps=ten"]
+    alone, here = cli_process(args, tmp_path / "alone"), run_cli(args, tmp_path / "here")
+    assert (alone.returncode, alone.stderr) == (here.returncode, here.stderr) == (
+        1, "error: model.max_steps must be a number like its default 10 (got 'ten')\n")
 
 
 @pytest.mark.parametrize("override,message", [
@@ -207,7 +217,7 @@ def write_lock(run_dir, **owner) -> None:
 
 def test_cli_refuses_a_run_dir_in_use(tmp_path):
     write_lock(tmp_path, pid=os.getpid())  # this test process: alive, on this host
-    proc = cli(QUICK, tmp_path)
+    proc = run_cli(QUICK, tmp_path)
     assert_error(proc, rf"^error: run dir {tmp_path} is in use by pid {os.getpid()} on {socket.gethostname()} since "
                        rf"\S+ \S+ \({tmp_path / LOCK_FILE}\); use another hydra.run.dir, or delete the lock file")
     assert not (tmp_path / "results.json").exists()
@@ -216,7 +226,7 @@ def test_cli_refuses_a_run_dir_in_use(tmp_path):
 @pytest.mark.slow
 def test_cli_takes_over_a_stale_lock_and_releases_it(tmp_path):
     write_lock(tmp_path, pid=dead_pid())
-    proc = cli(QUICK + ["++init.direction=LoRA-GA"], tmp_path)  # a ++ key the groups define still works
+    proc = run_cli(QUICK + ["++init.direction=LoRA-GA"], tmp_path)  # a ++ key the groups define still works
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert json.loads((tmp_path / "results.json").read_text())["config"]["init"]["direction"] == "LoRA-GA"
     assert not (tmp_path / LOCK_FILE).exists()
@@ -246,7 +256,7 @@ def test_lock_of_another_host_is_refused_and_of_the_same_slurm_job_taken_over(tm
 
 def test_cli_names_an_unwritable_run_dir(tmp_path):
     (tmp_path / "a_file").write_text("")
-    proc = cli(QUICK, tmp_path / "a_file" / "run")
+    proc = run_cli(QUICK, tmp_path / "a_file" / "run")
     assert_error(proc, rf"^error: cannot write {tmp_path / 'a_file' / 'run'}: not a directory \(ENOTDIR\)$")
 
 
@@ -272,7 +282,7 @@ def test_cli_says_a_full_disk_before_hydra_writes(tiny_disk):
             os.write(filler, b"\0" * 4096)
     os.close(filler)
     assert full.value.errno == errno.ENOSPC
-    proc = cli(QUICK, tiny_disk / "run")
+    proc = run_cli(QUICK, tiny_disk / "run")
     assert_error(proc, rf"^error: cannot write {tiny_disk / 'run'}: disk full \(ENOSPC: no space left on device\)$")
 
 
@@ -281,7 +291,7 @@ def test_cli_says_a_disk_that_fills_during_the_run(tiny_disk):
     """256 KiB hold Hydra's files but not the first checkpoint (adapter + AdamW moments, ~200 KiB) next
     to a 96 KiB ballast: the checkpoint's write fails mid-run."""
     (tiny_disk / "ballast").write_bytes(b"\0" * 96 * 1024)
-    proc = cli(QUICK + ["checkpoint.every_n_steps=1"], tiny_disk / "run")
+    proc = run_cli(QUICK + ["checkpoint.every_n_steps=1"], tiny_disk / "run")
     assert_error(proc, rf"^error: cannot write {tiny_disk / 'run' / 'checkpoints' / 'step_1'}: disk full "
                        r"\(ENOSPC: no space left on device\)$", mid_run=True)
     assert not (tiny_disk / "run" / "checkpoints" / "step_1").exists()  # no partial checkpoint
@@ -360,7 +370,8 @@ def test_a_damaged_newest_checkpoint_is_named_and_skipped(tmp_path, caplog, name
 
 @pytest.mark.slow
 def test_resume_falls_back_past_a_damaged_checkpoint_and_ends_like_an_unbroken_run(tmp_path):
-    run = TINY + ["model.max_steps=4", "checkpoint.every_n_steps=2", "checkpoint.keep=2", "wandb.mode=disabled"]
+    run = TINY + ["model.max_steps=4", "checkpoint.every_n_steps=2", "checkpoint.keep=2", "checkpoint.keep_final=true",
+                  "wandb.mode=disabled"]
     unbroken = run_experiment(run, tmp_path)
     truncate(tmp_path / "checkpoints" / "step_4" / "optimizer.pt")
     resumed = run_experiment(run, tmp_path)  # resume=auto: step_4 is damaged, so from step_2
@@ -378,7 +389,7 @@ def test_resume_falls_back_past_a_damaged_checkpoint_and_ends_like_an_unbroken_r
                         r"\(.*HF_HUB_OFFLINE=1\): download it once with network, or set dataset.path to a local copy$"),
 ])
 def test_cli_names_a_hub_dataset_missing_offline(tmp_path, overrides, message):
-    proc = cli(QUICK + overrides, tmp_path / "run", HF_HOME=str(tmp_path / "empty_hf_home"))
+    proc = cli_process(QUICK + overrides, tmp_path / "run", HF_HOME=str(tmp_path / "empty_hf_home"))
     assert_error(proc, message)
     assert "held-out loss" not in (tmp_path / "run" / "run_exp.log").read_text()  # before any model ran
 

@@ -40,8 +40,8 @@ def test_sweep_runs_as_a_submitit_job_array(tmp_path):
     done = subprocess.run(command, cwd=ROOT, capture_output=True, text=True, timeout=600)
     assert done.returncode == 0, done.stderr[-3000:]
     results = {path.parent.name: json.loads(path.read_text()) for path in sweep.glob("*/results.json")}
-    assert sorted(results) == [f"{i}_++init.direction={d},dataset.eval_size=16,model.max_steps=2,model=tiny_llama,"
-                               "wandb.mode=offline" for i, d in enumerate(["LoRA-One", "LoRA-GA"])]
+    assert sorted(results) == [f"{i}_dataset.eval_size-16_init.direction-{d}_model-tiny_llama_model.max_steps-2_"
+                               "wandb.mode-offline" for i, d in enumerate(["LoRA-One", "LoRA-GA"])]  # in each job's process
     for name, run in results.items():
         assert run["config"]["init"]["direction"] in name and run["steps"] == 2
     assert len(list((sweep / ".submitit").glob("*/*_result.pkl"))) == 2  # each point was a submitit job

@@ -3,6 +3,7 @@ the cause; loading a model never moves the global torch RNG, so a cold cache and
 same run. No test touches the network (HF_HUB_OFFLINE=1, an empty HF_HOME)."""
 import json
 import os
+import re
 import subprocess
 import sys
 
@@ -13,11 +14,12 @@ from accelerate.utils import set_seed
 from huggingface_hub import ModelCard
 from peft import LoraConfig, get_peft_model
 
-from conftest import ROOT, TINY, compose_config
+from conftest import ROOT, TINY, compose_config, run_cli
 from lora_one import ConfigError
 from lora_one.data import load_splits
 from lora_one.models import load_model, load_tokenizer
-from lora_one.models.loading import base_model_id, name_base_model
+from lora_one.manifest import manifest_damage, sha256_of, write_manifest
+from lora_one.models.loading import _cache_problem, base_model_id, name_base_model
 
 GOOD_LINE = b'{"question": "1+1?", "answer": "#### 2"}\n'
 FAKE_HUB_ID = "nobody-lora-one-test/no-such-model"
@@ -27,12 +29,13 @@ def offline_env(tmp_path) -> dict:
     return {**os.environ, "HF_HUB_OFFLINE": "1", "HF_HOME": str(tmp_path / "hf_home"), "WANDB_MODE": "disabled"}
 
 
-def run_cli(overrides: list[str], tmp_path) -> subprocess.CompletedProcess:
+def cli_process(overrides: list[str], tmp_path) -> subprocess.CompletedProcess:
+    """run_exp.py in a process of its own: huggingface_hub reads HF_HUB_OFFLINE and HF_HOME when imported."""
     return subprocess.run([sys.executable, "run_exp.py", *overrides, f"hydra.run.dir={tmp_path / 'run'}"], cwd=ROOT,
                           env=offline_env(tmp_path), capture_output=True, text=True, timeout=300)
 
 
-def assert_one_error_line(proc: subprocess.CompletedProcess, expected: str) -> None:
+def assert_one_error_line(proc, expected: str) -> None:
     assert proc.returncode != 0
     assert proc.stderr.strip().splitlines() == [expected], proc.stderr[-2000:]
 
@@ -51,7 +54,7 @@ def load_gsm8k(path: str):
 def test_cli_names_the_file_and_line_of_non_utf8_bytes(tmp_path):
     # line 3 holds "café" in Latin-1: byte 0xe9 is the 18th byte of that line
     path = gsm8k_file(tmp_path, GOOD_LINE * 2 + b'{"question": "caf\xe9?", "answer": "#### 1"}\n')
-    proc = run_cli(TINY + ["dataset=gsm8k", f"dataset.path={path}"], tmp_path)
+    proc = run_cli(TINY + ["dataset=gsm8k", f"dataset.path={path}"], tmp_path / "run")
     assert_one_error_line(proc, f"error: {path}: line 3 is not valid UTF-8 (byte 18 of the line: b'\\xe9')")
 
 
@@ -86,7 +89,7 @@ def test_trailing_blank_lines_and_crlf_are_fine(tmp_path):
 
 
 def test_cli_names_an_unreachable_hub_id(tmp_path):
-    proc = run_cli(TINY + [f"model.path={FAKE_HUB_ID}"], tmp_path)
+    proc = cli_process(TINY + [f"model.path={FAKE_HUB_ID}"], tmp_path)
     assert_one_error_line(proc, f"error: model.path '{FAKE_HUB_ID}' is not in the local Hugging Face cache, "
                                 "and HF_HUB_OFFLINE=1 forbids downloading it")
 
@@ -170,6 +173,51 @@ def test_gguf_conversion_cold_or_warm_leaves_the_rng_alone(tmp_path):
         assert torch.equal(torch.get_rng_state(), seeded)
         weights.append(model.state_dict())
     assert all(torch.equal(weights[0][name], weights[1][name]) for name in weights[0])
+    cache = next(tmp_path.glob("SmolLM2*"))
+    flip_byte(cache / "model.safetensors", offset=os.path.getsize(cache / "model.safetensors") // 2)
+    again = load_model(cfg.model, load_tokenizer(cfg.model, str(tmp_path)), str(tmp_path)).state_dict()
+    assert all(torch.equal(weights[0][name], again[name]) for name in again)  # converted again, not trained on
+    assert manifest_damage(str(cache)) is None
+
+
+def flip_byte(path, offset: int) -> None:
+    with open(path, "r+b") as f:
+        f.seek(offset)
+        byte = f.read(1)
+        f.seek(offset)
+        f.write(bytes([byte[0] ^ 0xFF]))
+
+
+def fake_gguf_cache(tmp_path) -> tuple:
+    """A converted cache as _converted_gguf_dir leaves it (files, then the manifest naming its GGUF)."""
+    gguf = tmp_path / "model.Q4_1.gguf"
+    gguf.write_bytes(b"GGUF" + bytes(range(256)))
+    cache = tmp_path / "cache"
+    cache.mkdir()
+    (cache / "config.json").write_text("{}")
+    (cache / "model.safetensors").write_bytes(bytes(1000))
+    source = {"file": str(gguf), "bytes": gguf.stat().st_size, "sha256": sha256_of(str(gguf))}
+    write_manifest(str(cache), gguf=source)
+    return cache, source
+
+
+@pytest.mark.parametrize("change,problem", [
+    (lambda cache, source: None, None),
+    (lambda cache, source: flip_byte(cache / "model.safetensors", 10),
+     r"^is damaged \(model.safetensors does not match its sha256 \(damaged\)\)$"),
+    (lambda cache, source: (cache / "model.safetensors").write_bytes(bytes(10)),
+     r"^is damaged \(model.safetensors is 10 bytes, 1000 were written \(truncated\?\)\)$"),
+    (lambda cache, source: (cache / "config.json").unlink(), r"^is damaged \(config.json is missing\)$"),
+    (lambda cache, source: (cache / "manifest.json").unlink(), r"^has no manifest.json \(an interrupted or older"),
+    (lambda cache, source: (cache / "manifest.json").write_text("[1"), r"^has a damaged manifest"),
+    (lambda cache, source: source.update(sha256="0" * 64), r"^was converted from another model.Q4_1.gguf than the one"),
+])
+def test_a_gguf_cache_is_used_only_while_it_matches_its_manifest_and_its_gguf(tmp_path, change, problem):
+    """The de-quantised cache is read by every later run: checked like data, converted again when it fails."""
+    cache, source = fake_gguf_cache(tmp_path)
+    change(cache, source)
+    found = _cache_problem(str(cache), source)
+    assert found is None if problem is None else re.search(problem, found), found
 
 
 @pytest.mark.parametrize("overrides,hub_id", [

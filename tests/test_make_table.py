@@ -47,10 +47,10 @@ def test_cells_are_mean_and_sample_std_over_seeds(tmp_path):
     make_table.main([str(tmp_path), "--out", str(tmp_path / "table")])
     markdown = (tmp_path / "table" / "table.md").read_text()
     assert markdown.splitlines()[0] == "| Method | seeds | toy_math eval loss ↓ |"
-    # LoRA-One: mean(1, 2) = 1.5, sample std = 1/√2 ≈ 0.7071; the lowest loss is bold
-    assert table_rows(markdown) == ["| LoRA-GA + adamw | 1 | 4.0000 ± 0.0000 |",
+    # LoRA-One: mean(1, 2) = 1.5, sample std = 1/√2 ≈ 0.7071; the lowest loss is bold; one seed has no spread
+    assert table_rows(markdown) == ["| LoRA-GA + adamw | 1 | 4.0000 (1 seed) |",
                                     "| LoRA-One + adamw | 2 | **1.5000 ± 0.7071** |",
-                                    "| PiSSA + loraplus | 1 | 5.0000 ± 0.0000 |"]
+                                    "| PiSSA + loraplus | 1 | 5.0000 (1 seed) |"]
     assert "Provenance (all 4 runs): provenance not recorded." in markdown
     latex = (tmp_path / "table" / "table.tex").read_text()
     assert r"LoRA-One + adamw & 2 & \textbf{1.5000 $\pm$ 0.7071} \\" in latex
@@ -209,6 +209,15 @@ def test_reproduction_layout_names_glue_tasks_and_datasets_without_benchmark(tmp
         "| LoRA-One + adamw | 0.001 | – (no benchmark) | – | 2.5000 ± 0.7071 | – | – | 1 | – | not published |",
         "| LoRA-One + adamw | 0.1 | – (no benchmark) | – | 7.0000 ± 2.8284 | – | – | 1 | – | not published |"]
 
+
+def test_a_single_seed_is_shown_without_a_spread(tmp_path):
+    """One seed has no sample std: its value and "(1 seed)", not "± 0.00", and no "(n=1)" beside it."""
+    write_results(tmp_path / "0", None, 1, 0.5, [1.0], {"gsm8k": {"accuracy": 0.3}}, init="pissa",
+                  model={"learning_rate": 1e-4}, eval={"gsm8k": {"seed": 1}})
+    rows, settings, _ = make_table.aggregate(make_table.load_runs(tmp_path))
+    table = make_table.reproduction_table("gsm8k", make_table.rows_by_task(rows)["gsm8k"], settings)
+    assert table.splitlines()[2] == ("| PiSSA + adamw | 0.0001 | 30.00 (1 seed) | – | 0.5000 (1 seed) | – | – | 1 | – | "
+                                     "44.54 [2] |")
 
 def test_the_study_and_a_sweep_format_the_same_runs_into_the_same_row(tmp_path):
     """LoRA and LoRA-One × seeds 1, 2 on SST-2 at lr 1e-3, read as a sweep's results.json by make_table

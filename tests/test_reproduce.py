@@ -5,6 +5,7 @@ against statistics computed by hand, the published numbers as the issue quotes t
 paper-scale commands."""
 import json
 import math
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -182,6 +183,19 @@ def test_a_finished_cell_is_never_run_again(tiny_run):
     run_study(study, store, once_more, Progress(cell_count(study), lambda line: None))
     assert len(once_more.cells) == 1
     assert read_record(store.records, lost, CODE.digest) is not None and read_record(store.records, lost, "other") is None
+
+
+@pytest.mark.parametrize("damage", ["<<<<<<< HEAD\n", '{"overrides": []}', "[]"])
+def test_a_damaged_record_is_named_in_one_line(tmp_path, damage):
+    """A committed record is read back, so it is checked like data: a merge conflict, a record without its
+    fields, or JSON of another shape is refused naming the file, never a traceback or a silent re-run."""
+    cell = Cell("sst2", "LoRA", FINAL, 1e-3, 1, ("init=default",))
+    path = tmp_path / f"{cell.path}.json"
+    path.parent.mkdir(parents=True)
+    path.write_text(damage)
+    with pytest.raises(ConfigError, match=rf"^{re.escape(str(path))} is not a study record \((JSONDecodeError|KeyError"
+                                          r"|TypeError): .*\); restore the committed one with `git checkout -- "):
+        read_record(tmp_path, cell, CODE.digest)
 
 
 def test_records_hold_what_the_report_needs_and_no_weights(tiny_run):

@@ -23,6 +23,7 @@ from lora_one import ConfigError
 from lora_one.checkpoint import checkpoint_training, checkpoint_to_resume, latest_checkpoint, load_checkpoint, \
     save_checkpoint, training_config
 from lora_one.data import encode_rows, load_splits, make_batches
+from lora_one.eval import EvaluationError, gsm8k
 from lora_one.init import METHODS, init_method, redo_base_offset, save_initial_adapter
 from lora_one.models import add_lora_adapters, load_model, load_tokenizer
 from lora_one.train import train
@@ -96,8 +97,37 @@ def test_a_checkpoint_only_continues_the_same_training(tmp_path):
     cfg = compose_config(RUN)
     (tmp_path / "trainer_state.json").write_text(json.dumps({"config": training_config(cfg)}))
     checkpoint_training(str(tmp_path)).check_config(compose_config(RUN + ["wandb.mode=offline", "checkpoint.keep=3"]))
-    with pytest.raises(ConfigError, match="written with another 'model' config; resume=never starts over"):
+    with pytest.raises(ConfigError, match=r"written with another 'model' config \(model.learning_rate differs\); "
+                                          "resume=never starts over"):
         checkpoint_training(str(tmp_path)).check_config(compose_config(RUN + ["model.learning_rate=0.5"]))
+
+
+def test_a_finished_run_removes_its_checkpoints_but_a_failed_benchmark_keeps_them_to_redo_it(tmp_path, monkeypatch):
+    """A run whose benchmark fails keeps its checkpoints (the last at the final step): the relaunch trains
+    nothing and evaluates again; once it has written results.json, they are removed."""
+    questions = tmp_path / "questions.jsonl"
+    questions.write_text(json.dumps({"question": "What is 2 + 2?", "answer": "#### 4"}) + "\n")
+    overrides = TINY + ["dataset.num_generated=200", "model.max_steps=2", "checkpoint.every_n_steps=1",
+                        "wandb.mode=disabled", "eval=gsm8k", f"eval.gsm8k.path={questions}",
+                        "eval.gsm8k.max_new_tokens=2"]
+    def grader_down(*args, **kwargs):
+        raise RuntimeError("grader down")
+
+    with monkeypatch.context() as patch:
+        patch.setattr(gsm8k, "evaluate", grader_down)
+        with pytest.raises(EvaluationError, match="grader down"):
+            run_experiment(overrides, tmp_path / "run")
+    assert (tmp_path / "run" / "results.json").exists()
+    assert sorted(os.listdir(tmp_path / "run" / "checkpoints")) == ["step_1", "step_2"]
+    relaunched = run_experiment(overrides, tmp_path / "run")
+    assert relaunched["resumed_from"] == str(tmp_path / "run" / "checkpoints" / "step_2")
+    assert relaunched["eval"]["gsm8k"]["n"] == 1 and "error" not in relaunched["eval"]["gsm8k"]
+    assert not (tmp_path / "run" / "checkpoints").exists()
+    with pytest.raises(ConfigError, match=rf"^resume='{tmp_path / 'run'}' is a finished run \(results.json written, no "
+                                          r"checkpoint left\): nothing to resume$"):
+        checkpoint_to_resume(str(tmp_path / "run"), str(tmp_path / "next"))
+    with pytest.raises(ConfigError, match=r"^checkpoint.keep_final must be true or false \(got 'yes'\)$"):
+        run_experiment(overrides + ["checkpoint.keep_final=yes"], tmp_path / "next")
 
 
 def test_lora_ga_base_offset_is_redone_from_the_initial_adapter(tmp_path):

@@ -22,6 +22,7 @@ from lora_one import ConfigError
 from lora_one.checkpoint import checkpoint_training, checkpoint_to_resume, latest_checkpoint, save_checkpoint, \
     training_config, training_data_digest
 from lora_one.data.toy_math import generate_toy_math
+from lora_one.manifest import write_manifest
 from lora_one.run_dir import LOCK_FILE, RunDirError
 from lora_one.train.loop import TrainState
 
@@ -44,7 +45,8 @@ def data_file(tmp_path_factory):
 @pytest.fixture(scope="module")
 def overrides(data_file) -> list[str]:
     return TINY + [f"dataset.path={data_file}", "init.direction=LoRA-GA", "peft=qv", "model.max_steps=4",
-                   "checkpoint.every_n_steps=2", "diagnostics.alignment_every=1", "wandb.mode=disabled"]
+                   "checkpoint.every_n_steps=2", "checkpoint.keep_final=true", "diagnostics.alignment_every=1",
+                   "wandb.mode=disabled"]
 
 
 @pytest.fixture(scope="module")
@@ -131,6 +133,27 @@ def test_a_damaged_or_missing_initial_adapter_refuses_the_resume(copied, overrid
     assert not (copied / "checkpoints" / "step_4").exists()  # refused before training
 
 
+class RunsCode:
+    """Unpickling it would run `touch <marker>`: what a crafted optimizer.pt could do on a resume."""
+
+    def __init__(self, marker):
+        self.marker = str(marker)
+
+    def __reduce__(self):
+        return os.system, (f"touch {self.marker}",)
+
+
+def test_a_checkpoint_that_would_run_code_is_refused_even_with_a_matching_manifest(copied, overrides, tmp_path):
+    """A manifest proves the files are as written, not who wrote them: states are unpickled weights-only."""
+    checkpoint, marker = copied / "checkpoints" / "step_2", tmp_path / "code_ran"
+    torch.save({"state": {}, "param_groups": [], "payload": RunsCode(marker)}, checkpoint / "optimizer.pt")
+    write_manifest(str(checkpoint))  # as whoever replaced the file would
+    with pytest.raises(ConfigError, match=rf"^{checkpoint / 'optimizer.pt'} holds more than tensors and numbers "
+                                          r"\(.*GLOBAL posix.system.*\): not loaded, as it could run code"):
+        run_experiment(overrides, copied)
+    assert not marker.exists()
+
+
 # --- item 7: alignment points before the checkpoint --------------------------------------------------
 
 def test_a_resumed_run_keeps_every_alignment_point_and_ends_like_the_unbroken_run(copied, overrides, finished):
@@ -171,8 +194,9 @@ def finished_without_checkpoints(copied):
 def test_a_relaunch_with_another_config_does_not_replace_a_finished_run(finished_without_checkpoints, overrides):
     run_dir = finished_without_checkpoints
     results = (run_dir / "results.json").read_bytes()
-    with pytest.raises(ConfigError, match=rf"^the finished run in {run_dir} was written with another 'model' config; "
-                                          r"resume=never starts over \(or use another run dir\)$"):
+    with pytest.raises(ConfigError, match=rf"^the finished run in {run_dir} was written with another 'model' config "
+                                          r"\(model.learning_rate differs\); resume=never starts over \(or use another "
+                                          r"run dir\)$"):
         run_experiment(overrides + ["model.learning_rate=0.01"], run_dir)
     assert (run_dir / "results.json").read_bytes() == results
 

@@ -1,7 +1,5 @@
 """run_exp end to end on tiny models: artifacts, determinism, saving, and one clear error per bad input."""
 import json
-import subprocess
-import sys
 
 import pytest
 import torch
@@ -10,7 +8,7 @@ from peft import PeftModel
 from safetensors.torch import load_file
 from transformers import AutoModelForCausalLM
 
-from conftest import ROOT, TINY, compose_config, run_experiment
+from conftest import TINY, compose_config, run_cli, run_experiment
 from lora_one import ConfigError
 from lora_one.data import encode_rows, load_splits
 from lora_one.data.encoding import IGNORE_INDEX
@@ -166,8 +164,7 @@ def test_bad_input_stops_with_one_clear_error(tmp_path, overrides, message):
 
 
 def test_cli_error_is_one_line(tmp_path):
-    proc = subprocess.run([sys.executable, "run_exp.py", *TINY, "init.stable_gamma=0", f"hydra.run.dir={tmp_path}"],
-                          cwd=ROOT, capture_output=True, text=True, timeout=300)
+    proc = run_cli([*TINY, "init.stable_gamma=0"], tmp_path)
     assert proc.returncode != 0
     assert proc.stderr.strip().splitlines()[-1] == "error: init.stable_gamma must be > 0 or auto (got 0)"
     assert "Traceback" not in proc.stderr

@@ -5,7 +5,6 @@ import os
 import subprocess
 import sys
 from dataclasses import replace
-from functools import partial
 
 import matplotlib.image
 import numpy as np
@@ -15,7 +14,7 @@ from conftest import ROOT
 from lora_one import ConfigError
 from lora_one.theory import METHODS, TheoryConfig, run_theory
 from lora_one.theory.inits import lora_ga_init, lora_one_init
-from lora_one.theory.linear_model import (alignment_sine, full_gradient, iterate, lora_gradients, loss,
+from lora_one.theory.linear_model import (alignment_sine, full_gradient, lora_gradients, loss,
                                           low_rank_target, make_task, precgd_step)
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"

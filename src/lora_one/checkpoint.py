@@ -13,12 +13,15 @@ intact one (`checkpoint.keep` ≥ 2 keeps one to fall back to). The initial adap
 It records the training config and the digest of the training data (`training_data_digest`): a resume with
 either changed is refused, as is a relaunch (resume=auto) that would replace a finished run in its run
 dir with another training. The checkpoints of a run dir belong to one run: a run that does not continue
-them (resume=never) moves them aside first, so rotation and a later resume see only its own.
+them (resume=never) moves them aside first, so rotation and a later resume see only its own. Once a run
+has written its results.json, nothing is left to resume: its checkpoints are removed (`remove_checkpoints`)
+unless `checkpoint.keep_final` keeps them.
 """
 import hashlib
 import json
 import logging
 import os
+import pickle
 import random
 import shutil
 import time
@@ -33,14 +36,14 @@ from safetensors.torch import load_file, save_file
 
 from lora_one import ConfigError
 from lora_one.data.glue import glue_file
-from lora_one.run_dir import refuse_if_in_use, write_json, writing
+from lora_one.manifest import MANIFEST, manifest_damage, sha256_of, write_manifest
+from lora_one.run_dir import os_error_cause, refuse_if_in_use, write_json, writing
 from lora_one.train.loop import TrainState
 
 log = logging.getLogger(__name__)
 
 CHECKPOINTS = "checkpoints"
 PREFIX = "step_"
-MANIFEST = "manifest.json"
 RESULTS = "results.json"
 # Settings that may change between a run and its resumption: bookkeeping, benchmarks, and settings that
 # change what is logged, never what is computed. Listed one by one: any other change refuses a resume.
@@ -74,16 +77,17 @@ class RecordedTraining:
     name: str  # how messages name it: "checkpoint …", "the finished run in …"
     config: dict  # its resolved config (bookkeeping keys are not compared)
     data: dict | None  # its `training_data_digest`; None: recorded before data digests
+    remedy: str = "resume=never starts over (or use another run dir)"  # how a changed config's refusal ends
 
     def check_config(self, cfg: DictConfig) -> None:
-        """One ConfigError naming the group of a changed setting: one set directly is named before one
+        """One ConfigError naming a changed setting and its group: one set directly is named before one
         interpolated from it (model=… changes init.max_length too, but the change is the model's)."""
         saved = {k: v for k, v in self.config.items() if k not in BOOKKEEPING_KEYS}
         now = json.loads(json.dumps(training_config(cfg)))  # as stored: tuples → lists
         changed = sorted(changed_settings(saved, now), key=lambda name: is_interpolated(cfg, name))
         if changed:
-            raise ConfigError(f"{self.name} was written with another '{changed[0].split('.')[0]}' config; "
-                              "resume=never starts over (or use another run dir)")
+            raise ConfigError(f"{self.name} was written with another '{changed[0].split('.')[0]}' config "
+                              f"({changed[0]} differs); {self.remedy}")
 
     def check_data(self, data: dict) -> None:
         """One ConfigError if the training data changed since (a file edited under the same path)."""
@@ -95,17 +99,21 @@ class RecordedTraining:
                               "resume=never starts over (or use another run dir)")
 
 
-def checkpoint_training(checkpoint: str) -> RecordedTraining:
+def checkpoint_training(checkpoint: str, named_by: str = "auto") -> RecordedTraining:
+    """The training a checkpoint continues; `named_by`: the `resume` setting that chose it (a path
+    continues that training as it was: the refusal says so)."""
     with open(os.path.join(checkpoint, "trainer_state.json")) as f:
         saved = json.load(f)
-    return RecordedTraining(f"checkpoint {checkpoint}", saved["config"], saved.get("training_data"))
+    remedy = RecordedTraining.remedy if named_by == "auto" else \
+        f"resume={named_by} continues that training as it was: leave out the settings that change it"
+    return RecordedTraining(f"checkpoint {checkpoint}", saved["config"], saved.get("training_data"), remedy)
 
 
 def recorded_training(resume_from: str | None, resume: str, run_dir: str) -> RecordedTraining | None:
     """What this run must agree with: the checkpoint it resumes; else, with resume=auto, a finished run
     (results.json) in its run dir; None when neither (resume=never replaces a finished run)."""
     if resume_from is not None:
-        return checkpoint_training(resume_from)
+        return checkpoint_training(resume_from, resume)
     results = os.path.join(run_dir, RESULTS)
     if resume != "auto" or not os.path.isfile(results):
         return None
@@ -131,58 +139,35 @@ def training_data_digest(dataset: DictConfig, train_examples: list[dict]) -> dic
 
 
 def check_checkpoint_config(cfg: DictConfig) -> None:
-    """What the numeric checks (config.py) cannot say: `resume` names something."""
+    """What the numeric checks (config.py) cannot say: `resume` names something, `keep_final` is a yes or no."""
     if cfg.resume in (None, ""):
         raise ConfigError("resume must be auto, never or a path (got nothing)")
-
-
-def sha256_of(path: str) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            digest.update(chunk)
-    return digest.hexdigest()
-
-
-def write_manifest(checkpoint: str, names: list[str] | None = None) -> None:
-    """Size and sha256 of the files `names` of the checkpoint (default: all of them), written last."""
-    names = sorted(name for name in os.listdir(checkpoint) if name != MANIFEST) if names is None else names
-    files = {name: {"bytes": os.path.getsize(os.path.join(checkpoint, name)), "sha256": sha256_of(os.path.join(checkpoint, name))}
-             for name in names}
-    write_json(os.path.join(checkpoint, MANIFEST), {"files": files}, indent=1)
+    if not isinstance(cfg.checkpoint.keep_final, bool):
+        raise ConfigError(f"checkpoint.keep_final must be true or false (got {cfg.checkpoint.keep_final!r})")
 
 
 def checkpoint_damage(checkpoint: str) -> str | None:
     """What is wrong with a checkpoint's (or the initial adapter's) files against its manifest (the first
     bad file, named), or None if all are intact. One without a manifest predates checksums: not checked."""
-    manifest_path = os.path.join(checkpoint, MANIFEST)
-    if not os.path.exists(manifest_path):
+    if not os.path.exists(os.path.join(checkpoint, MANIFEST)):
         log.warning("%s has no %s (written before checksums): not verified", checkpoint, MANIFEST)
         return None
-    try:
-        with open(manifest_path) as f:
-            files = json.load(f)["files"]
-    except (ValueError, KeyError, TypeError):
-        return f"{MANIFEST} is not a valid manifest"
-    for name, expected in files.items():
-        path = os.path.join(checkpoint, name)
-        if not os.path.isfile(path):
-            return f"{name} is missing"
-        size = os.path.getsize(path)
-        if size != expected["bytes"]:
-            return f"{name} is {size} bytes, {expected['bytes']} were written (truncated?)"
-        if sha256_of(path) != expected["sha256"]:
-            return f"{name} does not match its sha256 (damaged)"
-    return None
+    return manifest_damage(checkpoint)
+
+
+def checkpoint_steps(run_dir: str) -> list[int]:
+    """The steps of a run directory's complete checkpoints (a `.tmp-` one is an unfinished write), in order."""
+    root = os.path.join(run_dir, CHECKPOINTS)
+    names = os.listdir(root) if os.path.isdir(root) else []
+    return sorted(int(name[len(PREFIX):]) for name in names if name.startswith(PREFIX))
 
 
 def latest_checkpoint(run_dir: str) -> str | None:
     """The newest intact checkpoint of a run directory, or None if it has none. Damaged newer ones are
     reported (warning, naming the file) and skipped; if all are damaged, a ConfigError names the newest."""
     root = os.path.join(run_dir, CHECKPOINTS)
-    steps = [int(name[len(PREFIX):]) for name in os.listdir(root) if name.startswith(PREFIX)] if os.path.isdir(root) else []
     damaged = []
-    for step in sorted(steps, reverse=True):
+    for step in reversed(checkpoint_steps(run_dir)):
         checkpoint = os.path.join(root, f"{PREFIX}{step}")
         damage = checkpoint_damage(checkpoint)
         if damage is None:
@@ -212,6 +197,9 @@ def checkpoint_to_resume(resume: str, run_dir: str) -> str | None:
             raise ConfigError(f"checkpoint {resume} is damaged: {damage}")
         return resume
     found = latest_checkpoint(resume) if os.path.isdir(resume) else None
+    if found is None and os.path.isfile(os.path.join(resume, RESULTS)):
+        raise ConfigError(f"resume={resume!r} is a finished run ({RESULTS} written, no checkpoint left): "
+                          "nothing to resume")
     if found is None:
         raise ConfigError(f"resume={resume!r} is neither a checkpoint nor a run directory with checkpoints")
     return found
@@ -239,14 +227,28 @@ def set_aside_checkpoints(run_dir: str, resume_from: str | None) -> None:
     root = os.path.join(run_dir, CHECKPOINTS)
     if resume_from is not None and run_dir_of(resume_from) == os.path.abspath(run_dir):
         return
-    earlier = sorted(n for n in os.listdir(root) if n.startswith(PREFIX)) if os.path.isdir(root) else []
+    earlier = checkpoint_steps(run_dir)
     if not earlier:
         return
     aside = f"{root}.replaced-{time.strftime('%Y%m%d-%H%M%S')}"
     with writing(aside):
         os.rename(root, aside)
     log.warning("%s held an earlier run's checkpoints (%s); this run does not continue them: moved to %s",
-                root, ", ".join(earlier), aside)
+                root, ", ".join(f"{PREFIX}{step}" for step in earlier), aside)
+
+
+def remove_checkpoints(run_dir: str) -> None:
+    """Delete a finished run's checkpoints (its results.json is written: nothing is left to resume). A
+    failure only warns: the run's results are complete."""
+    root = os.path.join(run_dir, CHECKPOINTS)
+    if not os.path.isdir(root):
+        return
+    try:
+        shutil.rmtree(root)
+    except OSError as err:
+        log.warning("the finished run's checkpoints stay in %s: %s", root, os_error_cause(err, root))
+        return
+    log.info("the run is finished: its checkpoints %s are removed (checkpoint.keep_final=true keeps them)", root)
 
 
 def trainable_state(model: PeftModel) -> dict[str, torch.Tensor]:
@@ -292,8 +294,7 @@ def save_checkpoint(run_dir: str, model, optimizer, scheduler, state: TrainState
         write_manifest(tmp)  # last: every process's files are in
         shutil.rmtree(final, ignore_errors=True)  # the same step saved again after a resume
         os.replace(tmp, final)
-        older = sorted(int(n[len(PREFIX):]) for n in os.listdir(root) if n.startswith(PREFIX))[:-keep]
-        for step in older:
+        for step in checkpoint_steps(run_dir)[:-keep]:
             shutil.rmtree(os.path.join(root, f"{PREFIX}{step}"))
         log.info("checkpoint at step %d: %s", state.step, final)
     accelerator.wait_for_everyone()
@@ -303,6 +304,27 @@ def save_checkpoint(run_dir: str, model, optimizer, scheduler, state: TrainState
 def read_run_info(checkpoint: str) -> dict:
     with open(os.path.join(checkpoint, "trainer_state.json")) as f:
         return json.load(f)["run_info"]
+
+
+# numpy's RNG state is an array: what unpickling it needs beyond torch's weights-only defaults
+NUMPY_STATE_GLOBALS = [np._core.multiarray._reconstruct, np.ndarray, np.dtype, type(np.dtype(np.uint32))]
+
+
+def load_state(path: str):
+    """A state saved with torch.save, unpickled weights-only: tensors, containers, numbers, numpy's RNG
+    array, never code. `resume=` may name a checkpoint from anywhere, and a manifest proves only that the
+    files are as written, not who wrote them."""
+    with torch.serialization.safe_globals(NUMPY_STATE_GLOBALS):
+        try:
+            return torch.load(path, weights_only=True)
+        except pickle.UnpicklingError as err:
+            raise ConfigError(f"{path} holds more than tensors and numbers ({_first_line(err)}): not loaded, "
+                              "as it could run code; resume from a checkpoint this framework wrote") from err
+
+
+def _first_line(err: Exception) -> str:
+    """torch's reason (e.g. `GLOBAL posix.system`), not its advice to load with weights_only=False."""
+    return next((line.strip().rstrip(".") for line in str(err).splitlines() if "GLOBAL" in line), type(err).__name__)
 
 
 def load_checkpoint(checkpoint: str, model, optimizer, scheduler, shuffle: torch.Generator,
@@ -321,9 +343,9 @@ def load_checkpoint(checkpoint: str, model, optimizer, scheduler, shuffle: torch
     with torch.no_grad():
         for name, param in params.items():
             param.copy_(weights[name])
-    optimizer.load_state_dict(torch.load(os.path.join(checkpoint, "optimizer.pt"), weights_only=False))
-    scheduler.load_state_dict(torch.load(os.path.join(checkpoint, "scheduler.pt"), weights_only=False))
-    rng = torch.load(os.path.join(checkpoint, f"rng_{accelerator.process_index}.pt"), weights_only=False)
+    optimizer.load_state_dict(load_state(os.path.join(checkpoint, "optimizer.pt")))
+    scheduler.load_state_dict(load_state(os.path.join(checkpoint, "scheduler.pt")))
+    rng = load_state(os.path.join(checkpoint, f"rng_{accelerator.process_index}.pt"))
     random.setstate(rng["python"])
     np.random.set_state(rng["numpy"])
     torch.set_rng_state(rng["torch"])

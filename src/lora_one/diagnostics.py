@@ -67,6 +67,7 @@ class AlignmentDiagnostics:
     def at_pretrained(cls, model, cfg: DictConfig, batches: list[dict], accelerator: Accelerator) -> "AlignmentDiagnostics":
         """G's top-r singular vectors at the pretrained `model` (not yet wrapped): wrapped with zero-B
         LoRA adapters of `cfg.peft` for the estimator's layer list, then unwrapped."""
+        log.info("alignment diagnostics: G's top singular vectors at the pretrained weights…")  # its progress follows
         wrapped = add_lora_adapters(model, cfg.peft, cfg.model.type, METHODS["LoRA"], cfg.init)
         needed = {name: layer.r[ADAPTER] for name, layer in lora_layers(wrapped).items()}
         estimator = OmegaConf.create(STREAMING)

@@ -72,27 +72,38 @@ def guarded(method):
     return call
 
 
+def run_location(wandb_cfg: DictConfig, run_id: str, out_dir: str) -> str:
+    """Where the run's data goes, in one line (wandb's own banner and summary are ~27)."""
+    if wandb_cfg.mode == "offline":
+        return f"offline run {run_id} in {out_dir}/wandb (upload it with `wandb sync {out_dir}/wandb/offline-run-*`)"
+    return f"online run {run_id} in project {wandb_cfg.project}"
+
+
 class Tracker:
     """A wandb run, or nothing (`wandb.mode=disabled`, or not the main process). `group`: runs that
     differ only by seed (from `sweep_group`); the run id follows the run directory, so a resumed run
-    continues its wandb run (online)."""
+    continues its wandb run (online). wandb prints nothing but errors unless `verbose`: one line of
+    ours says where the run's data goes."""
 
     def __init__(self, cfg: DictConfig, out_dir: str, is_main_process: bool, group: str | None = None):
         self.run = None
         if not is_main_process or cfg.wandb.mode == "disabled":
             return
+        run_id = hashlib.sha1(os.path.abspath(out_dir).encode()).hexdigest()[:16]
         try:
             import wandb
 
             self.run = wandb.init(
                 mode=cfg.wandb.mode, project=cfg.wandb.project, entity=cfg.wandb.entity,
                 group=group, name=f"{group},seed={cfg.seed}" if group else None,
-                id=hashlib.sha1(os.path.abspath(out_dir).encode()).hexdigest()[:16], resume="allow",
-                dir=out_dir, config=OmegaConf.to_container(cfg, resolve=True),
-                settings=wandb.Settings(init_timeout=cfg.wandb.init_timeout_s, console="off"),
+                id=run_id, resume="allow", dir=out_dir, config=OmegaConf.to_container(cfg, resolve=True),
+                settings=wandb.Settings(init_timeout=cfg.wandb.init_timeout_s, console="off", silent=not cfg.verbose),
             )
         except Exception as err:  # noqa: BLE001 - no network, no login: train anyway
             log.warning("wandb init failed (%s: %s); training without tracking", type(err).__name__, err)
+            return
+        if not cfg.verbose:
+            log.info("wandb: %s", run_location(cfg.wandb, run_id, out_dir))
 
     @guarded
     def log_init(self, layer_stats: dict[str, dict], seconds: float, peak_mem_mb: float) -> None:

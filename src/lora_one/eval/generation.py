@@ -11,10 +11,10 @@ from typing import Callable, Sequence
 import torch
 from accelerate import Accelerator
 from accelerate.utils import gather_object
-from tqdm.auto import tqdm
 from transformers import GenerationConfig, StoppingCriteria, StoppingCriteriaList
 
 from lora_one.eval.scoring import is_encoder_decoder
+from lora_one.progress import progress
 
 
 @dataclass(frozen=True)
@@ -52,16 +52,17 @@ def map_batches(run_batch: Callable[[int, list[int]], list], lengths: Sequence[i
     `on_batch(indices, results)` returns a progress-bar note (e.g. the running accuracy)."""
     batches = plan_batches(lengths, batch_size)
     mine = list(range(accelerator.process_index, len(batches), accelerator.num_processes))
-    progress = tqdm(total=sum(len(batches[b]) for b in mine), desc=desc, disable=not accelerator.is_main_process)
+    rows = progress(desc=desc, total=sum(len(batches[b]) for b in mine), unit="prompt",
+                    show=accelerator.is_main_process)
     pairs = []
     for number in mine:
         indices = batches[number]
         results = run_batch(number, indices)
         pairs.extend(zip(indices, results))
-        progress.update(len(indices))
         if on_batch is not None:
-            progress.set_postfix_str(on_batch(indices, results))
-    progress.close()
+            rows.set_postfix_str(on_batch(indices, results), refresh=False)  # shown with the update: no extra line
+        rows.update(len(indices))
+    rows.close()
     if accelerator.num_processes > 1:
         pairs = gather_object(pairs)
     ordered = [None] * len(lengths)

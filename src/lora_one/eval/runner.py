@@ -40,6 +40,7 @@ def run_benchmark(task: str, cfg, out_dir: str, model=None, tokenizer=None, acce
     benchmark = BENCHMARKS[task]
     start = time.perf_counter()
     items = benchmark.load_items(cfg) if items is None else items
+    log.info("%s: %d questions…", task, len(items))  # its progress follows (lora_one.progress), then its metrics
     if predictions:
         metrics, records = benchmark.score_file(cfg, items, predictions)
     else:

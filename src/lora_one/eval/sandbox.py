@@ -130,18 +130,34 @@ def sandbox_mode() -> str:
     with _modes_lock:
         if forced not in _modes:
             strongest = "namespaces" if os.geteuid() == 0 else "user namespaces"
-            tried = [forced] if forced else [strongest, "limits only"]
-            failures = []
-            for mode in tried:
-                with _Run(mode, Limits(timeout_s=30.0)) as run:
-                    message, tail, _ = run.verdict(None, {}, "")
-                if message == {"passed": True}:
+            failures = {}
+            for mode in [forced] if forced else [strongest, "limits only"]:
+                why = _probe(mode)
+                if why is None:
                     _modes[forced] = mode
                     break
-                failures.append(f"{mode}: {(message or {}).get('setup_error', tail.strip()[-300:])}")
+                failures[mode] = why
             else:
-                raise SandboxError("no sandbox mode works on this machine; " + "; ".join(failures))
+                raise SandboxError(_no_mode_works(failures, forced))
         return _modes[forced]
+
+
+def _probe(mode: str) -> str | None:
+    """Why `mode` cannot confine a program here (its setup error, or the end of what the probe printed),
+    or None when it works."""
+    with _Run(mode, Limits(timeout_s=30.0)) as run:
+        message, tail, _ = run.verdict(None, {}, "")
+    if message == {"passed": True}:
+        return None
+    return (message or {}).get("setup_error") or tail.strip()[-300:] or "the probe ended without a word"
+
+
+def _no_mode_works(failures: dict[str, str], forced: str | None) -> str:
+    """The modes tried (only the forced one, when LORA_ONE_SANDBOX_MODE names it) and why each failed."""
+    reasons = "; ".join(f"{mode!r} failed: {why}" for mode, why in failures.items())
+    if forced:
+        return f"{MODE_VARIABLE}={forced!r} forces a mode that does not work on this machine (no other tried): {reasons}"
+    return f"no sandbox mode works on this machine; tried {' and '.join(map(repr, failures))}: {reasons}"
 
 
 class _Run:

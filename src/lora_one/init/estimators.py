@@ -5,10 +5,10 @@ import contextlib
 import torch
 from accelerate import Accelerator
 from peft import PeftModel
-from tqdm.auto import tqdm
 
 from lora_one.init.sketch import GradientSketch
 from lora_one.models.adapters import lora_layers
+from lora_one.progress import progress
 
 ESTIMATORS = ("exact", "sketch")
 
@@ -45,7 +45,7 @@ def backpropagate(model: PeftModel, batches: list[dict], accelerator: Accelerato
     """Backward of L_k / K for this process's share of the K = len(batches) micro-batches (every
     world_size-th one), so the gradients summed over processes are those of the mean loss."""
     my_batches = batches[accelerator.process_index :: accelerator.num_processes]
-    for batch in tqdm(my_batches, desc=desc, disable=not accelerator.is_main_process):
+    for batch in progress(my_batches, desc=desc, unit="batch", show=accelerator.is_main_process):
         batch = {k: v.to(accelerator.device) for k, v in batch.items()}
         (model(**batch).loss / len(batches)).backward()
 

@@ -3,6 +3,7 @@ holds the top right-singular vectors of each target layer's *inputs* on a few tr
 (incremental SVD until they converge, `tau`), B₀ = 0, so the model is unchanged at init. With
 `rho` > 1 PEFT redistributes ranks across layers by explained variance."""
 from lora_one.init.method import InitMethod, InitReport, register
+from lora_one.progress import on_terminal
 
 
 @register
@@ -20,5 +21,6 @@ class EVA(InitMethod):
 
         mine = [{k: v.to(accelerator.device) for k, v in b.items()}
                 for b in batches[accelerator.process_index :: accelerator.num_processes]]
-        initialize_lora_eva_weights(model, mine, show_progress_bar=accelerator.is_main_process)
+        # PEFT's own bar, on a terminal only: elsewhere its redraws pile up unreadably (lora_one.progress)
+        initialize_lora_eva_weights(model, mine, show_progress_bar=accelerator.is_main_process and on_terminal())
         return InitReport()

@@ -18,6 +18,7 @@ from peft import PeftModel
 from lora_one import ConfigError
 from lora_one.init.dora import rebuild_magnitude
 from lora_one.models.adapters import ADAPTER, lora_layers
+from lora_one.progress import progress
 
 AUTO = "auto"
 
@@ -50,9 +51,10 @@ def set_gamma(factors: dict, gamma: float) -> None:
         rebuild_magnitude(layer)
 
 
-def search_gamma(model: PeftModel, search: DictConfig, batches: list[dict], device) -> dict:
+def search_gamma(model: PeftModel, search: DictConfig, batches: list[dict], device, show_progress: bool) -> dict:
     """The adapters hold the γ = 1 init: evaluate every γ of the grid on `batches`, leave the best one
-    written, and return what results.json records (grid, η = s/γ, losses, the choice, the time)."""
+    written, and return what results.json records (grid, η = s/γ, losses, the choice, the time).
+    `show_progress`: the grid's progress (the main process)."""
     start = time.perf_counter()
     was_training = model.training
     model.eval()
@@ -60,7 +62,7 @@ def search_gamma(model: PeftModel, search: DictConfig, batches: list[dict], devi
                for layer in lora_layers(model).values()}
     grid = gamma_grid(search)
     losses = []
-    for gamma in grid:
+    for gamma in progress(grid, desc="init.stable_gamma=auto: γ grid", unit="γ", show=show_progress):
         set_gamma(factors, gamma)
         losses.append(held_out_loss(model, batches, device))
     finite = [i for i, loss in enumerate(losses) if math.isfinite(loss)]

@@ -10,10 +10,9 @@ from accelerate import Accelerator
 from omegaconf import DictConfig
 from peft import PeftModel, set_peft_model_state_dict
 from safetensors.torch import load_file, save_file
-from tqdm.auto import tqdm
 
 from lora_one import ConfigError
-from lora_one.checkpoint import write_manifest
+from lora_one.manifest import write_manifest
 from lora_one.init.dora import rebuild_magnitude
 from lora_one.init.gamma_search import AUTO, check_search_config, search_gamma
 from lora_one.init.estimators import exact_full_gradient, sketched_gradient
@@ -21,6 +20,7 @@ from lora_one.init.method import InitMethod, InitReport
 from lora_one.init.spectral import SCALES, SVD_METHODS, scale_factors, top_singular_triplets
 from lora_one.init.streaming import streaming_spectra
 from lora_one.models.adapters import ADAPTER, lora_layers
+from lora_one.progress import progress
 
 log = logging.getLogger(__name__)
 
@@ -66,7 +66,8 @@ class GradientInit(InitMethod):
         if cfg.stable_gamma != AUTO:
             return InitReport(layer_stats=self.write_adapters(model, cfg, spectra), gradients=grads)
         stats = self.write_adapters(model, cfg, spectra, 1.0)
-        search = search_gamma(model, cfg.gamma_search, batches[cfg.iters :], accelerator.device)
+        search = search_gamma(model, cfg.gamma_search, batches[cfg.iters :], accelerator.device,
+                              accelerator.is_main_process)
         return InitReport(layer_stats=stats, gradients=grads, extra={"gamma_search": search})
 
     def write_adapters(self, model: PeftModel, cfg: DictConfig, spectra: dict, gamma: float | None = None) -> dict[str, dict]:
@@ -108,8 +109,8 @@ def gradient_spectra(model: PeftModel, cfg: DictConfig, batches: list[dict], acc
 
     if cfg.estimator == "exact":
         grads = exact_full_gradient(model, batches, accelerator)
-        progress = tqdm(grads.items(), desc="factorising G", disable=not accelerator.is_main_process)
-        return grads, {name: factorise(name, G) for name, G in progress}
+        layers = progress(grads.items(), desc="factorising G", unit="layer", show=accelerator.is_main_process)
+        return grads, {name: factorise(name, G) for name, G in layers}
     kept = {} if cfg.save_artifacts else None
 
     def factorise_and_keep(name, G):

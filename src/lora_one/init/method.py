@@ -71,9 +71,19 @@ def register(method_class: type[InitMethod]) -> type[InitMethod]:
 
 
 def init_method(cfg: DictConfig) -> InitMethod:
-    """The method that `init.method` names (e.g. `LoRA-One`, `PiSSA`), or one ConfigError listing the known ones."""
+    """The method that `init.method` names (e.g. `LoRA-One`, `PiSSA`), or one ConfigError listing the ones
+    allowed there: with `init=gradient`, the axis `init.direction` takes only the inits made from G."""
     name = cfg.get("method")
-    if name not in METHODS:
-        key = "init.direction" if cfg.get("name") == "gradient" else "init.method"
-        raise ConfigError(f"{key} '{name}' is unknown; use one of {tuple(METHODS)}")
+    if cfg.get("name") == "gradient":
+        key, allowed = "init.direction", gradient_directions()
+    else:
+        key, allowed = "init.method", tuple(METHODS)
+    if name not in allowed:
+        why = "is unknown" if name not in METHODS else "is an init of its own, not a direction (init=<option>)"
+        raise ConfigError(f"{key} '{name}' {why}; use one of {allowed}")
     return METHODS[name]
+
+
+def gradient_directions() -> tuple[str, ...]:
+    """The methods built from the singular directions of the one-step gradient G (LoRA-One, LoRA-GA)."""
+    return tuple(name for name, method in METHODS.items() if method.singular_directions(1) > 0)

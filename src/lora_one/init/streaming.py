@@ -18,7 +18,6 @@ The loss is that of `exact_full_gradient`: (1/K) Σ_k L_k with L_k micro-batch k
 written as one token-weighted sum Σ_t w_t ℓ_t with w_t = 1/(K·n_k) for the n_k labelled tokens of k.
 """
 import contextlib
-import logging
 from collections.abc import Callable
 
 import torch
@@ -26,13 +25,11 @@ import torch.nn.functional as F
 from accelerate import Accelerator
 from peft import PeftModel
 from torch.utils.checkpoint import checkpoint
-from tqdm.auto import tqdm
 
 from lora_one.data.encoding import IGNORE_INDEX
 from lora_one.init.estimators import frozen_pretrained
 from lora_one.models.adapters import lora_layers
-
-log = logging.getLogger(__name__)
+from lora_one.progress import progress
 
 Factorise = Callable[[str, torch.Tensor], object]
 
@@ -71,18 +68,41 @@ def replaced_forward(module: torch.nn.Module, forward):
         del module.forward
 
 
+def transformer_blocks(model: PeftModel) -> list[torch.nn.Module]:
+    """The model's transformer blocks: its `_no_split_modules` classes (e.g. LlamaDecoderLayer, T5Block)."""
+    block_classes = set(getattr(model.get_base_model(), "_no_split_modules", None) or [])
+    return [m for m in model.modules() if type(m).__name__ in block_classes]
+
+
 @contextlib.contextmanager
 def checkpointed_blocks(model: PeftModel):
-    """Run every transformer block (the model's `_no_split_modules` classes, e.g. LlamaDecoderLayer,
-    T5Block) under non-reentrant activation checkpointing."""
-    block_classes = set(getattr(model.get_base_model(), "_no_split_modules", None) or [])
-    blocks = [m for m in model.modules() if type(m).__name__ in block_classes]
+    """Run every transformer block under non-reentrant activation checkpointing."""
+    blocks = transformer_blocks(model)
     with contextlib.ExitStack() as stack:
         for block in blocks:
             original = block.forward
             stack.enter_context(replaced_forward(
                 block, lambda *args, original=original, **kwargs: checkpoint(original, *args, use_reentrant=False, **kwargs)))
         yield len(blocks)
+
+
+@contextlib.contextmanager
+def forward_progress(model: PeftModel, show: bool):
+    """The forward's progress, one block at a time: a module hook fires once per block call, never when
+    checkpointing recomputes the block during the backward (that calls the block's `forward` directly)."""
+    blocks = transformer_blocks(model)
+    forward = progress(desc="one-step gradient: forward", total=len(blocks), unit="block", show=show)
+
+    def count(*_) -> None:  # returns None: a forward hook's return value would replace the block's output
+        forward.update()
+
+    hooks = [block.register_forward_hook(count) for block in blocks]
+    try:
+        yield
+    finally:
+        for hook in hooks:
+            hook.remove()
+        forward.close()
 
 
 @contextlib.contextmanager
@@ -131,8 +151,7 @@ def streaming_spectra(model: PeftModel, batches: list[dict], accelerator: Accele
     del batch["labels"]
     weights_by_name = {name: layer.get_base_layer().weight for name, layer in lora_layers(model).items()}
     spectra = {}
-    progress = tqdm(total=len(weights_by_name), desc="one-step gradient: layers factorised",
-                    disable=not accelerator.is_main_process)
+    show = accelerator.is_main_process
 
     def on_complete(param, name):
         G = param.grad.float()
@@ -142,9 +161,7 @@ def streaming_spectra(model: PeftModel, batches: list[dict], accelerator: Accele
         if name in spectra:
             raise RuntimeError(f"the gradient of {name} was completed twice: the backward was not one pass")
         spectra[name] = factorise(name, G)
-        progress.update()
-        if accelerator.is_main_process and progress.n % max(1, progress.total // 10) == 0:  # for logs without tqdm
-            log.info("one-step gradient: %d/%d layers factorised", progress.n, progress.total)
+        factorised.update()
 
     hooks = []
     with contextlib.ExitStack() as stack:
@@ -156,12 +173,15 @@ def streaming_spectra(model: PeftModel, batches: list[dict], accelerator: Accele
             for name, weight in weights_by_name.items():
                 weight.requires_grad_(True)
                 hooks.append(weight.register_post_accumulate_grad_hook(lambda p, name=name: on_complete(p, name)))
-            model(**batch, use_cache=False)
-            losses[0].backward()
+            with forward_progress(model, show):
+                model(**batch, use_cache=False)
+            # the backward's progress: each target weight's hook (on_complete) counts its G, factorised
+            with progress(desc="one-step gradient: backward, G factorised", total=len(weights_by_name), unit="layer",
+                          show=show) as factorised:
+                losses[0].backward()
         finally:
             for hook in hooks:
                 hook.remove()
-            progress.close()
     missing = weights_by_name.keys() - spectra.keys()
     if missing:
         raise RuntimeError(f"no gradient reached {sorted(missing)[:3]}: these layers do not affect the loss")

@@ -5,26 +5,31 @@ Loading never draws from the global torch RNG (a cold cache's GGUF conversion bu
 initialised model): the same seed gives the same run whether the cache is cold or warm. A missing or
 unreachable model is one ConfigError line naming the path and the cause."""
 import contextlib
+import functools
 import importlib.util
 import logging
 import os
 import shutil
 
 import torch
-from huggingface_hub import ModelCard, is_offline_mode
+from huggingface_hub import ModelCard, constants, is_offline_mode
+from huggingface_hub.utils import get_session
 from omegaconf import DictConfig, OmegaConf
 from peft import PeftConfig
 from transformers import (AutoConfig, AutoModelForCausalLM, AutoModelForSeq2SeqLM, AutoTokenizer,
                           PreTrainedModel, PreTrainedTokenizerBase)
 
 from lora_one import ConfigError
+from lora_one.manifest import MANIFEST, manifest_damage, read_manifest, sha256_of, write_manifest
 from lora_one.models.tiny_tokenizer import build_tiny_tokenizer
+from lora_one.progress import elapsed_time
 
 log = logging.getLogger(__name__)
 
 DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
 MODEL_CLASSES = {"causal": AutoModelForCausalLM, "seq2seq": AutoModelForSeq2SeqLM}
 WEIGHT_FILES = ("model.safetensors", "model.safetensors.index.json", "pytorch_model.bin", "pytorch_model.bin.index.json")
+HUB_PROBE_TIMEOUT_S = 5.0
 
 
 def _looks_local(path: str) -> bool:
@@ -47,22 +52,49 @@ def _gguf_location(cfg: DictConfig) -> str:
 
 @contextlib.contextmanager
 def _pretrained(key: str, source: str):
-    """Around a from_pretrained / conversion: the global torch RNG is left as it was (forked), and
+    """Around a from_pretrained / conversion: yields the from_pretrained arguments that keep a hub id
+    offline when it must be (`_offline_reason`); the global torch RNG is left as it was (forked), and
     transformers' OSError (hub unreachable, files missing) or ValueError (files it cannot read)
     becomes one ConfigError line naming `key`, `source` and the cause."""
+    offline = _offline_reason(source)
     try:
         with torch.random.fork_rng():
-            yield
+            yield {"local_files_only": True} if offline else {}
     except ConfigError:
         raise
     except (OSError, ValueError) as err:
-        if not _looks_local(source) and is_offline_mode():
-            cause = "is not in the local Hugging Face cache, and HF_HUB_OFFLINE=1 forbids downloading it"
+        if offline:
+            cause = f"is not in the local Hugging Face cache, and {offline}"
         elif not _looks_local(source):
             cause = f"could not be fetched from the Hugging Face hub ({_first_line(err)})"
         else:
             cause = f"could not be loaded ({_first_line(err)})"
         raise ConfigError(f"{key} '{source}' {cause}") from err
+
+
+def _offline_reason(source: str) -> str | None:
+    """Why `source`, a hub id, must come from the local Hugging Face cache alone, or None (a local path, or
+    a hub that answers): there, transformers would retry each file 5 times, about 50 s, before failing.
+    HF_HUB_OFFLINE is read now, not only when huggingface_hub was imported."""
+    if _looks_local(source):
+        return None
+    if is_offline_mode() or any(os.environ.get(name, "").upper() in constants.ENV_VARS_TRUE_VALUES
+                                for name in ("HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE")):
+        return "HF_HUB_OFFLINE=1 forbids downloading it"
+    if not _hub_answers(constants.ENDPOINT):
+        return f"the hub ({constants.ENDPOINT}) does not answer"
+    return None
+
+
+@functools.lru_cache
+def _hub_answers(endpoint: str) -> bool:
+    """One request to the hub, no retries, at most HUB_PROBE_TIMEOUT_S (through huggingface_hub's session:
+    its proxies and HF_ENDPOINT): any answer, even an error status, means the hub can be reached."""
+    try:
+        get_session().head(endpoint, timeout=HUB_PROBE_TIMEOUT_S)
+    except Exception:  # noqa: BLE001 - the session's error types depend on huggingface_hub's HTTP backend
+        return False
+    return True
 
 
 def _first_line(err: Exception) -> str:
@@ -91,17 +123,30 @@ def _converted_gguf_dir(cfg: DictConfig, cache_dir: str) -> str:
     A GGUF-loaded model refuses `save_pretrained`, so its weights are copied into a fresh model
     built from the same config (whose random init runs in a forked RNG); the directory is written
     under a temporary name and renamed, so an interrupted conversion never leaves a half-written
-    cache behind."""
+    cache behind. Its manifest (sizes and sha256 of its files, and of the GGUF it came from) is checked
+    at every use: a damaged cache, or one made from another GGUF file of the same name (a new version
+    of the package), is converted again rather than trained on."""
     gguf_path = _gguf_location(cfg)
     if not os.path.exists(gguf_path):
         raise ConfigError(f"model '{cfg.name}': GGUF file '{gguf_path}' does not exist")
     target = os.path.join(os.path.expanduser(cache_dir), os.path.splitext(os.path.basename(gguf_path))[0])
-    if os.path.exists(os.path.join(target, "config.json")):
-        return target
+    source = {"file": gguf_path, "bytes": os.path.getsize(gguf_path), "sha256": sha256_of(gguf_path)}
+    if os.path.exists(target):
+        problem = _cache_problem(target, source)
+        if problem is None:
+            return target
+        log.warning("the GGUF cache %s %s: converting it again", target, problem)
+        with contextlib.suppress(FileNotFoundError):  # another process set it aside first
+            stale = f"{target}.stale-{os.getpid()}"
+            os.rename(target, stale)  # a process still reading it keeps its open files
+            shutil.rmtree(stale, ignore_errors=True)
     log.info("converting %s to a safetensors cache in %s (once)", gguf_path, target)
     folder, name = os.path.dirname(gguf_path), os.path.basename(gguf_path)
     partial = f"{target}.partial-{os.getpid()}"
-    with _pretrained("model.gguf_file", gguf_path):
+    # minutes inside transformers and gguf (reading the GGUF's fields twice, tokenizer and weights) with one bar
+    # of its own (the de-quantisation's): the time so far, shown by the first process (torchrun sets RANK)
+    converting = elapsed_time("converting the GGUF (once)", show=os.environ.get("RANK", "0") == "0")
+    with converting, _pretrained("model.gguf_file", gguf_path):
         tokenizer = AutoTokenizer.from_pretrained(folder, gguf_file=name)
         gguf_model = AutoModelForCausalLM.from_pretrained(folder, gguf_file=name, dtype=torch.float32)
         config = gguf_model.config
@@ -111,12 +156,28 @@ def _converted_gguf_dir(cfg: DictConfig, cache_dir: str) -> str:
         fresh.load_state_dict(gguf_model.state_dict())
         fresh.save_pretrained(partial)
         tokenizer.save_pretrained(partial)
+        write_manifest(partial, gguf=source)
     os.makedirs(os.path.dirname(target), exist_ok=True)
     try:
         os.rename(partial, target)
     except OSError:  # another process finished the same conversion first
         shutil.rmtree(partial, ignore_errors=True)
     return target
+
+
+def _cache_problem(cache: str, source: dict) -> str | None:
+    """Why the GGUF cache at `cache` cannot be used for the GGUF `source` (its file, size and sha256), or None."""
+    try:
+        manifest = read_manifest(cache)
+    except ValueError as err:
+        return f"has a damaged manifest ({err})"
+    if manifest is None:
+        return f"has no {MANIFEST} (an interrupted or older conversion)"
+    if {key: manifest.get("gguf", {}).get(key) for key in ("bytes", "sha256")} != \
+            {key: source[key] for key in ("bytes", "sha256")}:
+        return f"was converted from another {os.path.basename(source['file'])} than the one installed now"
+    damage = manifest_damage(cache)
+    return None if damage is None else f"is damaged ({damage})"
 
 
 def _weights_dir(cfg: DictConfig, cache_dir: str) -> str:
@@ -143,8 +204,8 @@ def load_tokenizer(cfg: DictConfig, cache_dir: str) -> PreTrainedTokenizerBase:
         return build_tiny_tokenizer()
     else:
         key, source = "model.path", _weights_dir(cfg, cache_dir)
-    with _pretrained(key, source):
-        tokenizer = AutoTokenizer.from_pretrained(source)
+    with _pretrained(key, source) as hub_access:
+        tokenizer = AutoTokenizer.from_pretrained(source, **hub_access)
     if tokenizer.pad_token_id is None:
         tokenizer.pad_token = tokenizer.eos_token
     return tokenizer
@@ -168,8 +229,8 @@ def load_model(cfg: DictConfig, tokenizer: PreTrainedTokenizerBase, cache_dir: s
         config = AutoConfig.for_model(**arch, **special)
         return model_class.from_config(config, dtype=dtype)
     source = _weights_dir(cfg, cache_dir)
-    with _pretrained("model.path", source):
-        return model_class.from_pretrained(source, dtype=dtype)
+    with _pretrained("model.path", source) as hub_access:
+        return model_class.from_pretrained(source, dtype=dtype, **hub_access)
 
 
 def base_model_id(cfg: DictConfig) -> str | None:

@@ -352,7 +352,7 @@ def plot_one_step(results: dict, path: Path) -> None:
 def one_step_markdown(results: dict, figure_path: str) -> str:
     """A markdown section from the results JSON: what was measured, a table of each curve's best
     step, the fractions of the full step's decrease, and the figure."""
-    base, full, common = results["base_loss"], results["weight_steps"]["full"], results["common_eta"]
+    base, common = results["base_loss"], results["common_eta"]
     energy = results["gradient"]["top_r_energy"]
     cfg = results["config"]
     rows = ["| step | best η (λ) | held-out loss at it | share of the full step's decrease | "

@@ -20,6 +20,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
 
+from lora_one import ConfigError
 from lora_one.reproduce import stats
 from lora_one.reproduce.plan import Cell
 
@@ -92,10 +93,13 @@ def read_record(records: Path, cell: Cell, digest: str | None = None) -> dict | 
     path = record_path(records, cell)
     if not path.exists():
         return None
-    record = json.loads(path.read_text())
-    if record["overrides"] != list(cell.overrides) or (digest is not None and record["code"]["digest"] != digest):
-        return None
-    return record
+    try:
+        record = json.loads(path.read_text(encoding="utf-8"))
+        overrides, recorded_digest = record["overrides"], record["code"]["digest"]
+    except (ValueError, KeyError, TypeError) as err:  # a merge conflict, a truncated or hand-edited file
+        raise ConfigError(f"{path} is not a study record ({type(err).__name__}: {err}); restore the committed one "
+                          f"with `git checkout -- {path}`, or delete it to re-run the cell") from err
+    return record if overrides == list(cell.overrides) and digest in (None, recorded_digest) else None
 
 
 def commit_record(repo: Path, path: Path, cell: Cell, attempts: int = 5) -> None:

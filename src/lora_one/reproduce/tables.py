@@ -42,8 +42,9 @@ def metric_label(name: str | None) -> str:
 
 
 def pm(values: list[float], digits: int) -> str:
+    """mean ± sample std; a single seed has no spread, and says so rather than show ± 0."""
     mean, std = stats.mean_std(values)
-    return f"{mean:.{digits}f} ± {std:.{digits}f}"
+    return f"{mean:.{digits}f} ± {std:.{digits}f}" if len(values) > 1 else f"{mean:.{digits}f} (1 seed)"
 
 
 def paired_text(difference: stats.Paired | None, digits: int) -> str:
@@ -60,8 +61,9 @@ def row(summary: RowSummary) -> str:
     else:
         n, runs, reference = len(summary.runs), summary.runs.values(), summary.reference
         planned = "" if summary.planned in (None, n) else f" of {summary.planned}"
+        seeds = "" if n == 1 and not planned else f" (n={n}{planned})"  # pm already says "1 seed"
         one_class, walls = summary.one_class, [wall_seconds(r) for r in runs if r.get("provenance")]
-        cells += [f"{pm(list(summary.scores.values()), 2)} (n={n}{planned})" if summary.scores else "– (no benchmark)",
+        cells += [f"{pm(list(summary.scores.values()), 2)}{seeds}" if summary.scores else "– (no benchmark)",
                   paired_text(reference and stats.paired_difference(summary.scores, reference.scores), 2),
                   pm(list(summary.losses.values()), 4),
                   paired_text(reference and stats.paired_difference(summary.losses, reference.losses), 4),

@@ -8,9 +8,9 @@ from typing import Callable
 import torch
 import torch.nn.functional as F
 from accelerate import Accelerator
-from tqdm.auto import tqdm
 
 from lora_one.data.encoding import IGNORE_INDEX
+from lora_one.progress import progress
 
 log = logging.getLogger(__name__)
 
@@ -23,7 +23,7 @@ class NonFiniteLoss(RuntimeError):
 @torch.no_grad()
 def evaluate_loss(model, loader, accelerator: Accelerator) -> float:
     """Mean over the held-out batches of each batch's mean token loss (dropout off). Logged at the
-    start and the end (slurm's .out files show no tqdm redraws)."""
+    start and the end, with the pass's progress in between (lora_one.progress)."""
     if len(loader) == 0:
         raise ValueError("the held-out set is empty: no eval loss")
     was_training = model.training
@@ -31,7 +31,7 @@ def evaluate_loss(model, loader, accelerator: Accelerator) -> float:
     start = time.perf_counter()
     log.info("held-out loss: %d batches per process…", len(loader))
     losses = []
-    for batch in loader:
+    for batch in progress(loader, desc="held-out loss", unit="batch", show=accelerator.is_main_process):
         losses.append(model(**batch).loss.detach().reshape(1))
     model.train(was_training)
     mean = accelerator.gather_for_metrics(torch.cat(losses)).mean().item()
@@ -95,13 +95,14 @@ def train(model, optimizer, scheduler, loader, accelerator: Accelerator, total_s
 
     Before each update the loss and the gradient norm (all-reduced: every process decides alike) must be
     finite, else NonFiniteLoss names the step and nothing is updated. The norm is computed even without
-    clipping (`max_grad_norm` 0/None: a max of inf, which scales by exactly 1). Every `log_every`
-    steps, and at the last, one line with the loss goes to the log."""
+    clipping (`max_grad_norm` 0/None: a max of inf, which scales by exactly 1). The steps show as
+    any stage's progress (lora_one.progress, with the last loss); every `log_every` steps, and at
+    the last, one line with the loss, lr, gradient norm and throughput goes to the log."""
     state = state or TrainState()
     params = [p for p in model.parameters() if p.requires_grad]
     loss_of = training_loss(accelerator.unwrap_model(model))
     window_loss, window_batches, window_tokens = 0.0, 0, 0
-    progress = tqdm(total=total_steps, initial=state.step, desc="train", disable=not accelerator.is_main_process)
+    steps = progress(desc="train", total=total_steps, initial=state.step, unit="step", show=accelerator.is_main_process)
     model.train()
     start, seconds_before = time.perf_counter(), state.train_seconds
     while state.step < total_steps and not state.interrupted:
@@ -141,8 +142,8 @@ def train(model, optimizer, scheduler, loader, accelerator: Accelerator, total_s
             state.step += 1
             state.train_seconds = seconds_before + time.perf_counter() - start
             window_loss, window_batches, window_tokens = 0.0, 0, 0
-            progress.update(1)
-            progress.set_postfix(loss=f"{state.loss[-1]:.4f}")
+            steps.set_postfix(loss=f"{state.loss[-1]:.4f}", refresh=False)  # shown with the update: no extra log line
+            steps.update(1)
             if accelerator.is_main_process and log_every and (state.step % log_every == 0 or state.step == total_steps):
                 log.info("step %d/%d: loss %.4f, lr %.3g, grad norm %.3g, %.0f tokens/s", state.step, total_steps,
                          state.loss[-1], state.lr[-1], grad_norm, state.tokens_per_s)
@@ -155,5 +156,5 @@ def train(model, optimizer, scheduler, loader, accelerator: Accelerator, total_s
                 break
         else:  # the epoch ran out
             state.epoch, state.batches_in_epoch = state.epoch + 1, 0
-    progress.close()
+    steps.close()
     return state

@@ -10,6 +10,7 @@ import math
 import torch
 from omegaconf import DictConfig
 from peft.optimizers import create_loraplus_optimizer
+from torch.optim.lr_scheduler import LambdaLR
 from transformers import get_scheduler
 
 from lora_one import ConfigError
@@ -51,6 +52,24 @@ def build_optimizer(model: torch.nn.Module, optim_cfg: DictConfig, model_cfg: Di
 
 
 def build_scheduler(optimizer: torch.optim.Optimizer, model_cfg: DictConfig, total_steps: int):
-    """`model.scheduler` (any transformers schedule name) with `model.warmup` as a fraction of the steps."""
+    """`model.scheduler` (any transformers schedule name) with `model.warmup` as a fraction of the steps
+    (rounded up: w warm-up steps), warmed up from above 0.
+
+    transformers' warm-up multiplies the lr of step i < w by i/w: step 0 trains at lr 0, a wasted step,
+    and the whole warm-up when w = 1 (3 % of 20 steps). Here each warm-up factor f is moved 1/(w+1) of
+    the way up to 1, f + (1 − f)/(w+1): the linear warm-up becomes (i+1)/(w+1), i.e. 1/(w+1), …,
+    w/(w+1), and the schedule itself starts at its peak on step w, as before. A schedule that ignores
+    the warm-up (constant: f = 1) is unchanged."""
     warmup_steps = math.ceil(model_cfg.warmup * total_steps)
-    return get_scheduler(model_cfg.scheduler, optimizer, num_warmup_steps=warmup_steps, num_training_steps=total_steps)
+    schedule = get_scheduler(model_cfg.scheduler, optimizer, num_warmup_steps=warmup_steps,
+                             num_training_steps=total_steps)
+    if not warmup_steps:
+        return schedule
+
+    lift = 1 / (warmup_steps + 1)
+
+    def from_above(factor):
+        return lambda step: factor(step) + (1 - factor(step)) * lift if step < warmup_steps else factor(step)
+
+    # a fresh LambdaLR over the same optimizer: its base lrs are the `initial_lr` the first one recorded
+    return LambdaLR(optimizer, [from_above(factor) for factor in schedule.lr_lambdas])

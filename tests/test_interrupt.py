@@ -1,0 +1,263 @@
+"""Ctrl-C during training: a checkpoint at the next step boundary, exit 130 and one line with the command
+that continues the run (`python run_exp.py resume=<run dir>`: the run's own config, in its run dir), which
+ends where an unbroken run ends; a second Ctrl-C stops at once; a Ctrl-C never requeues a slurm job. Also
+Hydra's answers (--help, --cfg job) come without importing the training stack."""
+import contextlib
+import inspect
+import io
+import json
+import os
+import shlex
+import shutil
+import signal
+import subprocess
+import sys
+import time
+
+import pytest
+
+import run_exp
+from conftest import ROOT, TINY, run_experiment
+from lora_one.command_line import OTHER_RANKS, hydra_arguments, resume_command, resumed_run_dir
+from lora_one.train.preemption import PreemptionSignal
+
+# 200 generated rows (the default 2000 take seconds to tokenise); a checkpoint every 4 steps
+RUN = TINY + ["dataset.num_generated=200", "model.max_steps=6", "checkpoint.every_n_steps=4", "log_every=1",
+              "wandb.mode=disabled"]
+QUIET = ["hydra/job_logging=disabled", "hydra/hydra_logging=disabled"]  # Hydra leaves pytest's logging alone
+
+
+def run_exp_main(args: list[str]) -> tuple[int | str | None, list[str]]:
+    """`python run_exp.py <args>` in-process, as its __main__ block runs it: (exit code or None, stderr lines)."""
+    argv, stderr = sys.argv, io.StringIO()
+    # imported, not run as __main__: Hydra would look for conf/ as a package of the module run_exp
+    sys.argv = ["run_exp.py", f"--config-path={ROOT / 'conf'}", *hydra_arguments(args, rank=0)]
+    try:
+        with contextlib.redirect_stderr(stderr):
+            run_exp.main()
+        code = None
+    except SystemExit as exit_:
+        code = exit_.code
+    finally:
+        sys.argv = argv
+    return code, stderr.getvalue().splitlines()
+
+
+@contextlib.contextmanager
+def signals_after_step(step: int, signals: int, during_checkpoint: bool = False):
+    """Ctrl-C (SIGINT to this process) right after training step `step`, `signals` times; with
+    `during_checkpoint`, the second one while the checkpoint of the stop is being written."""
+    real_train, real_save = run_exp.train, run_exp.save_checkpoint
+    steps = []
+
+    def train(*args, **kwargs):
+        bound = inspect.signature(real_train).bind(*args, **kwargs)
+        after_step = bound.arguments["after_step"]
+
+        def after_step_then_ctrl_c(now, stopping):
+            steps.append(now.step)
+            after_step(now, stopping)
+            if now.step == step:
+                for _ in range(1 if during_checkpoint else signals):
+                    os.kill(os.getpid(), signal.SIGINT)
+
+        bound.arguments["after_step"] = after_step_then_ctrl_c
+        return real_train(*bound.args, **bound.kwargs)
+
+    def save_checkpoint(*args, **kwargs):
+        os.kill(os.getpid(), signal.SIGINT)
+        return real_save(*args, **kwargs)
+
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(run_exp, "train", train)
+        if during_checkpoint:
+            patch.setattr(run_exp, "save_checkpoint", save_checkpoint)
+        yield steps
+
+
+@pytest.fixture(scope="module")
+def interrupted(tmp_path_factory):
+    """(run dir, exit code, stderr lines) of a run stopped by Ctrl-C after step 2: checkpointed at step 3."""
+    run_dir = tmp_path_factory.mktemp("interrupted") / "run"
+    with signals_after_step(2, signals=1):
+        code, stderr = run_exp_main(RUN + QUIET + [f"hydra.run.dir={run_dir}"])
+    return run_dir, code, stderr
+
+
+@pytest.fixture
+def stopped(interrupted, tmp_path):
+    """A copy of the interrupted run to continue (Hydra's record in .hydra/ included)."""
+    run_dir = tmp_path / "run"
+    shutil.copytree(interrupted[0], run_dir)
+    return run_dir
+
+
+def test_ctrl_c_checkpoints_and_the_printed_command_continues_the_run_to_the_unbroken_end(interrupted, tmp_path):
+    run_dir, code, stderr = interrupted
+    assert code == 130 and os.listdir(run_dir / "checkpoints") == ["step_3"] and not (run_dir / "results.json").exists()
+    assert not (run_dir / "run.lock").exists()
+    assert not any("Traceback" in line for line in stderr)
+    expected = f"stopped by SIGINT with a checkpoint; continue with: {resume_command(str(run_dir), run_exp.__file__)}"
+    assert stderr[-1] == expected
+    python, script, *args = shlex.split(stderr[-1].split("continue with: ")[1])
+    assert python == "python" and os.path.samefile(script, ROOT / "run_exp.py") and args == [f"resume={run_dir}"]
+    assert signal.getsignal(signal.SIGINT) is signal.default_int_handler  # handed back
+
+    continued = tmp_path / "continued"
+    shutil.copytree(run_dir, continued)
+    record = (continued / ".hydra" / "overrides.yaml").read_text()
+    code, _ = run_exp_main([f"resume={continued}", *QUIET])
+    resumed = json.loads((continued / "results.json").read_text())
+    unbroken = run_experiment(RUN, tmp_path / "unbroken")
+    assert code is None and resumed["resumed_from"] == str(continued / "checkpoints" / "step_3")
+    assert resumed["steps"] == 6 and resumed["config"]["log_every"] == 1  # the run's own config
+    assert resumed["train_loss_curve"] == unbroken["train_loss_curve"] and resumed["eval_loss"] == unbroken["eval_loss"]
+    assert (continued / ".hydra" / "overrides.yaml").read_text() == record  # the run's record is left as it was
+    # finished: their checkpoints (step_4, step_6) are removed
+    assert not (continued / "checkpoints").exists() and not (tmp_path / "unbroken" / "checkpoints").exists()
+
+
+def test_a_resume_of_a_run_dir_refuses_an_override_that_changes_its_training(stopped):
+    code, _ = run_exp_main([f"resume={stopped}", "model.learning_rate=0.5", *QUIET])
+    assert code == (f"error: checkpoint {stopped}/checkpoints/step_3 was written with another 'model' config "
+                    f"(model.learning_rate differs); resume={stopped} continues that training as it was: leave out "
+                    "the settings that change it")
+    assert os.listdir(stopped / "checkpoints") == ["step_3"] and not (stopped / "results.json").exists()
+
+
+@pytest.mark.parametrize("during_checkpoint", [False, True])
+def test_a_second_ctrl_c_stops_at_once_without_a_checkpoint(tmp_path, during_checkpoint):
+    """Twice in a row after step 1, or once after step 1 and again while its checkpoint is being written."""
+    run_dir = tmp_path / "run"
+    handlers = {sig: signal.getsignal(sig) for sig in PreemptionSignal.SIGNALS}
+    with signals_after_step(1, signals=2, during_checkpoint=during_checkpoint) as steps:
+        code, stderr = run_exp_main(RUN + QUIET + [f"hydra.run.dir={run_dir}"])
+    assert code == 130 and steps == ([1, 2] if during_checkpoint else [1])  # a checkpoint: at the step after
+    assert stderr[-1] == "interrupted at once, before any checkpoint: nothing to continue"
+    assert not (run_dir / "checkpoints").exists() and not (run_dir / "results.json").exists()
+    assert not (run_dir / "run.lock").exists() and not any("Traceback" in line for line in stderr)
+    assert {sig: signal.getsignal(sig) for sig in PreemptionSignal.SIGNALS} == handlers  # none of the run's left
+
+
+# --- the signal itself: no requeue for Ctrl-C, the resume line outside a cluster ------------------------
+
+@pytest.fixture
+def default_handlers():
+    """The handlers a fresh process has, whatever earlier tests installed."""
+    defaults = {sig: signal.default_int_handler if sig == signal.SIGINT else signal.SIG_DFL
+                for sig in PreemptionSignal.SIGNALS}
+    earlier = {sig: signal.signal(sig, handler) for sig, handler in defaults.items()}
+    yield
+    for sig, handler in earlier.items():
+        signal.signal(sig, handler)
+
+
+@pytest.mark.usefixtures("default_handlers")
+@pytest.mark.parametrize("sig,slurm,requeued,printed", [
+    (signal.SIGINT, "123", False, True),  # a person stopped it: never requeued, even in a slurm job
+    (signal.SIGTERM, None, False, True),  # outside slurm: nothing requeues it, so say how to continue
+    (signal.SIGUSR1, "123", True, False),  # a slurm preemption: requeued, the relaunch continues by itself
+])
+def test_hand_over_requeues_only_a_cluster_preemption(monkeypatch, capsys, sig, slurm, requeued, printed):
+    calls = []
+    monkeypatch.setattr(subprocess, "run", lambda command, **kwargs: calls.append(command))
+    if slurm:
+        monkeypatch.setenv("SLURM_JOB_ID", slurm)
+    else:
+        monkeypatch.delenv("SLURM_JOB_ID", raising=False)
+    preemption = PreemptionSignal("python run_exp.py resume=outputs/x")
+    os.kill(os.getpid(), sig)
+    assert preemption.requested()
+    with pytest.raises(SystemExit) as exit_:
+        preemption.hand_over(main_process=True)
+    assert exit_.value.code == 128 + sig
+    assert calls == ([["scontrol", "requeue", "123"]] if requeued else [])
+    line = f"stopped by {signal.Signals(sig).name} with a checkpoint; continue with: python run_exp.py resume=outputs/x"
+    assert capsys.readouterr().err.splitlines() == ([line] if printed else [])
+
+
+# --- the command line -----------------------------------------------------------------------------------
+
+def test_resume_of_a_run_dir_is_that_runs_own_command_line_in_its_run_dir(tmp_path):
+    run_dir = tmp_path / "sweep" / "0_seed=3,model.max_steps=2"  # a sweep's run dir: '=' and ',' in its name
+    (run_dir / ".hydra").mkdir(parents=True)
+    (run_dir / ".hydra" / "overrides.yaml").write_text("- model=tiny_llama\n- resume=auto\n- seed=3\n")
+    command = resume_command(str(run_dir), str(ROOT / "run_exp.py"))
+    args = shlex.split(command)[2:]
+    assert args == [f'resume="{run_dir}"'] and resumed_run_dir(args) == str(run_dir)
+    assert hydra_arguments(args + ["log_every=1", "--cfg", "job"], rank=0) == [  # overrides: one block (argparse)
+        "model=tiny_llama", "seed=3", *args, "log_every=1", f'hydra.run.dir="{run_dir}"', "hydra.output_subdir=null",
+        "--cfg", "job"]
+    assert hydra_arguments(args + ["hydra.run.dir=elsewhere"], rank=0) == [
+        "model=tiny_llama", "seed=3", *args, "hydra.run.dir=elsewhere"]  # continued in another run dir
+    assert hydra_arguments(args, rank=1) == ["model=tiny_llama", "seed=3", *OTHER_RANKS, *args]  # no run dir of its own
+    not_a_run = [f"resume={tmp_path}", "seed=1"]  # a checkpoint or a run dir without Hydra's record: as given
+    assert hydra_arguments(not_a_run, rank=0) == not_a_run
+
+
+@pytest.mark.parametrize("content,problem", [("- seed=3\n- [unclosed\n", r"cannot be read \(ParserError\)"),
+                                             ("seed: 3\n", "is not a list of overrides")])
+def test_resume_of_a_run_dir_with_a_damaged_record_is_one_line(tmp_path, content, problem):
+    """.hydra/overrides.yaml is read back, so checked like data: refused before Hydra runs, never a traceback."""
+    (tmp_path / ".hydra").mkdir()
+    (tmp_path / ".hydra" / "overrides.yaml").write_text(content)
+    with pytest.raises(SystemExit, match=rf"^error: resume={tmp_path}: {tmp_path / '.hydra' / 'overrides.yaml'} "
+                                         rf"{problem}; relaunch with the run's overrides and hydra.run.dir= instead$"):
+        hydra_arguments([f"resume={tmp_path}"], rank=0)
+
+
+def python_run_exp(args: list[str]) -> subprocess.CompletedProcess:
+    """run_exp.py as `python run_exp.py <args>` runs it; prints, last, whether torch was imported."""
+    program = ("import runpy, sys\nsys.argv = ['run_exp.py', *sys.argv[1:]]\n"
+               "try:\n    runpy.run_path('run_exp.py', run_name='__main__')\nexcept SystemExit as exit_:\n"
+               "    assert exit_.code in (None, 0), exit_.code\nprint('torch imported:', 'torch' in sys.modules)")
+    env = {**os.environ, "PYTHONPATH": f"{ROOT / 'src'}:{os.environ.get('PYTHONPATH', '')}"}
+    return subprocess.run([sys.executable, "-c", program, *args], cwd=ROOT, env=env, capture_output=True, text=True,
+                          timeout=120)
+
+
+def test_help_and_the_config_are_answered_without_importing_the_training_stack(tmp_path):
+    helped = python_run_exp(["--help"])
+    assert helped.returncode == 0 and "model" in helped.stdout, helped.stderr
+    assert helped.stdout.splitlines()[-1] == "torch imported: False"
+    run_dir = tmp_path / "run"  # resume=<run dir> shows that run's config
+    (run_dir / ".hydra").mkdir(parents=True)
+    (run_dir / ".hydra" / "overrides.yaml").write_text("- model=tiny_llama\n- seed=7\n")
+    shown = python_run_exp(["--cfg", "job", f"resume={run_dir}"])
+    assert shown.returncode == 0, shown.stderr
+    assert "\nseed: 7\n" in shown.stdout and "  name: tiny_llama\n" in shown.stdout
+    assert f"resume: {run_dir}\n" in shown.stdout
+    assert shown.stdout.splitlines()[-1] == "torch imported: False"
+    assert os.listdir(run_dir) == [".hydra"]  # nothing run, nothing written
+
+
+# --- the real thing: Ctrl-C on the command line, then the printed command ---------------------------------
+
+@pytest.mark.slow
+def test_ctrl_c_on_the_command_line_then_the_printed_command_ends_like_an_unbroken_run(tmp_path):
+    overrides = RUN + ["model.max_steps=60", "checkpoint.every_n_steps=0"]  # a Ctrl-C lands well before the end
+    env = {**os.environ, "PYTHONPATH": f"{ROOT / 'src'}:{os.environ.get('PYTHONPATH', '')}"}
+    run_dir, log, errors = tmp_path / "run", tmp_path / "stdout.txt", tmp_path / "stderr.txt"
+    with open(log, "w") as out, open(errors, "w") as err:
+        process = subprocess.Popen([sys.executable, "run_exp.py", *overrides, f"hydra.run.dir={run_dir}"], cwd=ROOT,
+                                   env=env, stdout=out, stderr=err,
+                                   preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))  # as a terminal's
+    start = time.monotonic()
+    while "step 2/60" not in log.read_text():  # the log line of step 2 (log_every=1)
+        assert process.poll() is None and time.monotonic() - start < 240, errors.read_text()[-3000:]
+        time.sleep(0.05)
+    process.send_signal(signal.SIGINT)
+    process.wait(timeout=240)
+    stderr = errors.read_text()
+    assert process.returncode == 130, stderr[-3000:]
+    assert "Traceback" not in stderr + log.read_text()
+    command = stderr.strip().splitlines()[-1].split("stopped by SIGINT with a checkpoint; continue with: ")[1]
+    checkpoint = os.listdir(run_dir / "checkpoints")
+    assert len(checkpoint) == 1 and 2 <= int(checkpoint[0].removeprefix("step_")) < 60
+
+    continued = subprocess.run(shlex.split(command), cwd=ROOT, env=env, capture_output=True, text=True, timeout=600)
+    assert continued.returncode == 0, continued.stderr[-3000:]
+    resumed = json.loads((run_dir / "results.json").read_text())
+    unbroken = run_experiment(overrides, tmp_path / "unbroken")
+    assert resumed["resumed_from"] == str(run_dir / "checkpoints" / checkpoint[0]) and resumed["steps"] == 60
+    assert resumed["eval_loss"] == pytest.approx(unbroken["eval_loss"], abs=1e-5)
