@@ -55,10 +55,12 @@ from lora_one.models.loading import name_base_model
 from lora_one.models.model_card import base_model_record, write_model_card
 from lora_one.provenance import provenance
 from lora_one.profiling import measure
+from lora_one.progress import configure_console
 from lora_one.run_dir import RunDirError, RunDirLock, storage_failure, write_json, writing
 from lora_one.tracking import Tracker, check_tracking_config, sweep_group
 from lora_one.train import build_optimizer, build_scheduler, evaluate_loss, train
 from lora_one.train.loop import NonFiniteLoss, TrainState
+from lora_one.train.overfit import report_overfit
 from lora_one.train.preemption import PreemptionSignal
 
 log = logging.getLogger("run_exp")
@@ -116,6 +118,7 @@ def rebuild_adapters(cfg: DictConfig, method: InitMethod, model, checkpoint: str
 def run(cfg: DictConfig, out_dir: str, wandb_group: str | None = None) -> dict:
     """Train and evaluate in `out_dir`, or continue there from a checkpoint (`cfg.resume`), skipping the init."""
     start_time = time.time()
+    configure_console(cfg.verbose)  # quiet unless verbose: no library deprecation warnings, no wandb banner
     validate_config(cfg)
     check_checkpoint_config(cfg)
     check_tracking_config(cfg.wandb)
@@ -279,6 +282,8 @@ def run(cfg: DictConfig, out_dir: str, wandb_group: str | None = None) -> dict:
             with writing(os.path.join(out_dir, "adapter")):
                 write_model_card(os.path.join(out_dir, "adapter"), cfg, results)
         log.info("eval loss %.4f after %d steps; results in %s", eval_loss_final, history.step, out_dir)
+        if cfg.get("overfit_check"):  # debug=overfit: its verdict, the run's last line
+            report_overfit(history.loss, cfg.overfit_check)
         if not (cfg.checkpoint.keep_final or eval_failure):  # a failed benchmark: a relaunch resumes to redo it
             remove_checkpoints(out_dir)
     preemption.restore()

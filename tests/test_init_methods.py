@@ -105,7 +105,7 @@ def test_streaming_init_equals_exact_on_tiny_t5():
     assert_same_init(*compare_estimators(["model=tiny_t5", "peft=all", "init.iters=2"], seq2seq=True))
 
 
-def test_streaming_completes_each_gradient_once_with_one_block_of_gradients_alive(caplog):
+def test_streaming_completes_each_gradient_once_with_one_block_of_gradients_alive():
     """One backward, layer-major: each weight's hook fires exactly once, with the complete G of the mean
     loss (autograd on an untouched copy), and when it fires no weight outside its block holds a .grad."""
     cfg, model, base, batches = build(["peft=all", "init.iters=3"])
@@ -118,10 +118,8 @@ def test_streaming_completes_each_gradient_once_with_one_block_of_gradients_aliv
         alive_elsewhere.extend(n for n, w in weights.items() if w.grad is not None and n.split(".")[2] != block)
         return G.clone()
 
-    with caplog.at_level("INFO", logger="lora_one.init.streaming"):
-        spectra = streaming_spectra(model, batches, Accelerator(cpu=True), factorise, seq2seq=False)
+    spectra = streaming_spectra(model, batches, Accelerator(cpu=True), factorise, seq2seq=False)
     assert calls == {n: 1 for n in weights}
-    assert "one-step gradient: 14/14 layers factorised" in caplog.text  # progress in logs, not only tqdm
     assert alive_elsewhere == []
     base.eval()
     reference = autograd_reference(base, batches, list(weights))

@@ -1,6 +1,7 @@
 """What a run shows on the console: the progress of its long stages, as log lines at most every
 LOG_INTERVAL_S away from a terminal (tests run with stderr captured: no tty), and nothing else by
 default: no library deprecation warning, no wandb banner or summary."""
+import io
 import re
 import warnings
 
@@ -56,6 +57,15 @@ def test_a_short_stage_and_other_processes_log_nothing(monkeypatch, caplog):
     for _ in progress(range(9), desc="not the main process", unit="batch", show=False):
         clock.now += 30.0
     assert progress_lines(caplog) == []
+
+
+def test_a_library_bar_drawn_meanwhile_keeps_the_first_line():
+    """transformers' de-quantisation bar inside the GGUF conversion's stage: no cursor moves in a log file."""
+    stage = progress(desc="converting the GGUF", total=1)
+    library_bar = tqdm.std.tqdm(total=1, file=io.StringIO())
+    assert library_bar.pos == 0
+    library_bar.close()
+    stage.close()
 
 
 def test_held_out_loss_init_and_training_report_progress(monkeypatch, caplog, tmp_path):

