@@ -2,6 +2,7 @@
 import contextlib
 import dataclasses
 import io
+import logging
 import os
 import runpy
 import sys
@@ -60,6 +61,7 @@ def run_cli(args: list[str], run_dir, **env: str) -> CliRun:
     environ = {"HF_HUB_OFFLINE": "1", "WANDB_MODE": "disabled", "PWD": str(ROOT), **env}
     saved_env = {key: os.environ.get(key) for key in environ}
     saved_argv, saved_cwd = sys.argv, os.getcwd()
+    saved_logging = logging.root.level, logging.root.handlers[:]  # Hydra configures the root logger per run
     stdout, stderr = io.StringIO(), io.StringIO()
     os.environ.update(environ)
     os.chdir(ROOT)
@@ -79,6 +81,7 @@ def run_cli(args: list[str], run_dir, **env: str) -> CliRun:
         sys.argv = saved_argv
         os.chdir(saved_cwd)
         restore_environment(saved_env)
+        restore_root_logger(*saved_logging)
     return CliRun(returncode, stdout.getvalue(), stderr.getvalue())
 
 
@@ -100,6 +103,16 @@ def torch_threads_restored():
     yield
     torch.set_num_threads(threads)
     restore_environment(env)
+
+
+def restore_root_logger(level: int, handlers: list[logging.Handler]) -> None:
+    """Undo a Hydra run's logging setup (its handlers closed, the root's level and handlers as they were),
+    so a later test's records reach pytest's capture at the levels it set, not at the run's INFO."""
+    for handler in logging.root.handlers:
+        if handler not in handlers:
+            handler.close()
+    logging.root.handlers[:] = handlers
+    logging.root.setLevel(level)
 
 
 def restore_environment(saved: dict[str, str | None]) -> None:
