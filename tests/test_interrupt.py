@@ -24,7 +24,8 @@ from lora_one.train.preemption import PreemptionSignal
 # 200 generated rows (the default 2000 take seconds to tokenise); a checkpoint every 4 steps
 RUN = TINY + ["dataset.num_generated=200", "model.max_steps=6", "checkpoint.every_n_steps=4", "log_every=1",
               "wandb.mode=disabled"]
-QUIET = ["hydra/job_logging=disabled", "hydra/hydra_logging=disabled"]  # Hydra leaves pytest's logging alone
+QUIET = ["hydra/job_logging=none", "hydra/hydra_logging=none"]  # Hydra leaves pytest's logging alone (`disabled` would
+# disable every existing logger for the rest of the session)
 
 
 def run_exp_main(args: list[str]) -> tuple[int | str | None, list[str]]:

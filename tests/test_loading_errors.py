@@ -171,7 +171,8 @@ def test_gguf_conversion_cold_or_warm_leaves_the_rng_alone(tmp_path):
         seeded = torch.get_rng_state()
         model = load_model(cfg.model, load_tokenizer(cfg.model, str(tmp_path)), str(tmp_path))
         assert torch.equal(torch.get_rng_state(), seeded)
-        weights.append(model.state_dict())
+        # copies: the loaded tensors may map the cache's file, which the test then damages in place
+        weights.append({name: tensor.clone() for name, tensor in model.state_dict().items()})
     assert all(torch.equal(weights[0][name], weights[1][name]) for name in weights[0])
     cache = next(tmp_path.glob("SmolLM2*"))
     flip_byte(cache / "model.safetensors", offset=os.path.getsize(cache / "model.safetensors") // 2)
