@@ -39,14 +39,11 @@ from omegaconf import DictConfig, OmegaConf
 from torch.utils.data import DataLoader
 
 from lora_one import ConfigError
-from lora_one.checkpoint import check_checkpoint_config, check_initial_adapter, checkpoint_steps, \
-    checkpoint_to_resume, load_checkpoint, read_run_info, recorded_training, remove_checkpoints, run_dir_of, \
-    save_checkpoint, set_aside_checkpoints, training_config, training_data_digest
 from lora_one.config import accumulation_steps, check_config_keys, validate_config
 from lora_one.data import encode_rows, make_batches, make_collator, prepare_data
 from lora_one.diagnostics import alignment_diagnostics, finish_diagnostics
 from lora_one.eval import EvaluationError, load_evaluator_items, run_evaluators
-from lora_one.init import METHODS, InitMethod, init_method, redo_base_offset, save_init_artifacts, save_initial_adapter
+from lora_one.init import METHODS, init_method, redo_base_offset, save_init_artifacts, save_initial_adapter
 from lora_one.init.dora import restore_exported_magnitudes
 from lora_one.models import add_lora_adapters, load_model, load_tokenizer
 from lora_one.models.adapters import ADAPTER, untie_adapted_weights
@@ -56,9 +53,12 @@ from lora_one.models.model_card import base_model_record, write_model_card
 from lora_one.provenance import provenance
 from lora_one.profiling import measure
 from lora_one.progress import configure_console
-from lora_one.run_dir import RunDirError, RunDirLock, storage_failure, write_json, writing
-from lora_one.tracking import Tracker, check_tracking_config, sweep_group
+from lora_one.run_lock import RunDirLock
+from lora_one.storage import RunDirError, storage_failure, write_json, writing
+from lora_one.tracking import Tracker, sweep_group
 from lora_one.train import build_optimizer, build_scheduler, evaluate_loss, train
+from lora_one.train.callbacks import StepCallback, alignment, held_out_loss, log_step
+from lora_one.train.checkpointing import Checkpointer, checkpoint_steps, training_data_digest
 from lora_one.train.loop import NonFiniteLoss, TrainState
 from lora_one.train.overfit import report_overfit
 from lora_one.train.preemption import PreemptionSignal
@@ -66,231 +66,278 @@ from lora_one.train.preemption import PreemptionSignal
 log = logging.getLogger("run_exp")
 
 
-def init_adapters(cfg: DictConfig, method: InitMethod, model, eval_loader, init_batches, accelerator: Accelerator,
-                  init_dir: str):
-    """Wrap with adapters and initialise them: PEFT's own inits (LoRA, gaussian, PiSSA) while wrapping,
-    the data-driven ones (LoRA-One, LoRA-GA, EVA) right after; the time and memory cover both, so all
-    methods compare fairly. Returns the model and what results.json reports about the init.
-    Full fine-tuning (peft=none): no adapters, no init; every weight trains from its pretrained value."""
-    eval_loss_base = evaluate_loss(model, eval_loader, accelerator)
-    if is_full_finetuning(cfg.peft):
-        log.info("full fine-tuning: no adapters, every weight trains")
-        return train_every_weight(model), {"init_method": None, "init_time_s": 0.0, "init_peak_mem_mb": None,
-                                           "init_layers": {}, "rank_pattern": {}, "eval_loss_base": eval_loss_base,
-                                           "eval_loss_after_init": eval_loss_base}
-    log.info("starting the %s init", method.name)
-    with measure(accelerator.device) as init_usage:
-        model = add_lora_adapters(model, cfg.peft, cfg.model.type, method, cfg.init)
-        report = method.initialise(model, cfg.init, init_batches, accelerator, cfg.model.type == "seq2seq")
-    log.info("init %s: %.2f s, peak %.0f MB", method.name, init_usage.seconds, init_usage.peak_mem_mb)
-    eval_loss_init = evaluate_loss(model, eval_loader, accelerator)
-    log.info("eval loss: base %.4f → after init %.4f", eval_loss_base, eval_loss_init)
-    if accelerator.is_main_process:
-        if cfg.init.save_artifacts:
-            save_init_artifacts(init_dir, report.gradients, init_batches or [], model)
-        elif method.moves_base:  # needed to export the trained adapter against the original base, and to resume
-            save_initial_adapter(model, os.path.join(init_dir, "adapter"))
-    rank_pattern = dict(model.peft_config[ADAPTER].rank_pattern)  # per-layer ranks an init chose (EVA, rho > 1)
-    return model, {"init_method": method.name, "init_time_s": init_usage.seconds, "init_peak_mem_mb": init_usage.peak_mem_mb,
-                   "init_layers": report.layer_stats, "rank_pattern": rank_pattern,
-                   "eval_loss_base": eval_loss_base, "eval_loss_after_init": eval_loss_init, **report.extra}
+class Experiment:
+    """One run in `out_dir`, or its continuation there from a checkpoint (`cfg.resume`, skipping the init).
+    `run()` lists the stages in order; each is one method below, in the same order."""
 
+    def __init__(self, cfg: DictConfig, out_dir: str, wandb_group: str | None = None):
+        self.start_time = time.time()
+        configure_console(cfg.verbose)  # quiet unless verbose: no library deprecation warnings, no wandb banner
+        validate_config(cfg)  # every group's settings, each checked once by the module that owns the group
+        self.cfg = cfg
+        state = PartialState(cpu=not torch.cuda.is_available())
+        self.accelerator = Accelerator(cpu=state.device.type == "cpu",
+                                       gradient_accumulation_steps=accumulation_steps(cfg.model, state.num_processes))
+        self.out_dir = broadcast_object_list([out_dir])[0]  # each process composed its own run dir: use the main one's
+        self.init_dir = os.path.join(self.out_dir, "init")
+        # where this launch resumes from; a resume (or relaunch) that would change the training is refused
+        self.checkpoints = Checkpointer.for_run(cfg, self.out_dir, self.accelerator)
+        self.tracker = Tracker(cfg, self.out_dir, self.accelerator.is_main_process, wandb_group)
+        self.method = init_method(cfg.init)
+        self.preemption: PreemptionSignal | None = None
 
-def rebuild_adapters(cfg: DictConfig, method: InitMethod, model, checkpoint: str, accelerator: Accelerator, init_dir: str):
-    """Wrap with adapters for a resumed run, skipping the init: the adapter values come from the
-    checkpoint (so PEFT's plain init suffices, no PiSSA SVD); an init that moved the base is redone
-    from the initial adapter. Returns the model and the init report saved with the checkpoint.
-    Full fine-tuning: the checkpoint holds every weight."""
-    run_info = read_run_info(checkpoint)
-    log.info("resuming from %s: init skipped", checkpoint)
-    if is_full_finetuning(cfg.peft):
-        return train_every_weight(model), run_info
-    model = add_lora_adapters(model, cfg.peft, cfg.model.type, METHODS["LoRA"], cfg.init, run_info.get("rank_pattern"))
-    if method.moves_base:
-        initial = os.path.join(run_dir_of(checkpoint), "init", "adapter")
-        check_initial_adapter(initial)
-        redo_base_offset(model, initial)
-        if accelerator.is_main_process and os.path.abspath(initial) != os.path.abspath(os.path.join(init_dir, "adapter")):
-            shutil.copytree(initial, os.path.join(init_dir, "adapter"), dirs_exist_ok=True)
-    return model, run_info
+    def run(self) -> dict:
+        set_seed(self.cfg.seed)
+        self.setup_data()
+        model, run_info = self.setup_model()
+        # from here until results.json is written, a signal (Ctrl-C too) never loses the training
+        self.preemption = PreemptionSignal(resume_command(self.out_dir, __file__))
+        model, history = self.train(model, run_info)
+        eval_loss = evaluate_loss(model, self.eval_loader, self.accelerator) if history.step else \
+            run_info["eval_loss_after_init"]
+        self.stop_if_preempted(history)
+        trained = self.accelerator.unwrap_model(model)
+        parameters = parameter_counts(trained)  # before a merge folds the adapters away
+        self.export(trained)
+        self.stop_if_preempted(history)
+        results = self.results(trained, run_info, history, eval_loss, parameters)
+        eval_failure = self.evaluate(trained, results, history)
+        self.finish(results, eval_failure)
+        return results
+
+    def setup_data(self) -> None:
+        """(prompt, response) pairs → token ids with the prompt masked out of the labels; the benchmarks'
+        questions and the init's batches, all read before any training."""
+        cfg, seq2seq = self.cfg, self.cfg.model.type == "seq2seq"
+        self.tokenizer = load_tokenizer(cfg.model, cfg.cache_dir)
+        self.data = prepare_data(cfg.dataset, cfg.seed, self.tokenizer, cfg.model.max_length, seq2seq)  # rows lost are counted
+        self.data_digest = training_data_digest(cfg.dataset, self.data.train_examples)
+        self.checkpoints.check_data(self.data_digest)  # a resume on changed data is refused
+        self.collate = make_collator(self.tokenizer)
+        self.eval_items = load_evaluator_items(cfg.eval)  # the benchmarks' questions, checked before any training
+        self.eval_loader = self.accelerator.prepare(DataLoader(self.data.eval_set, collate_fn=self.collate,
+                                                               batch_size=cfg.model.per_device_batch_size))
+        self.init_batches = None
+        if self.method.needs_batches:
+            init_set = self.data.train_set if cfg.init.max_length == cfg.model.max_length else \
+                encode_rows(self.tokenizer, self.data.train_examples, cfg.init.max_length, seq2seq)
+            self.init_batches = make_batches(self.tokenizer, init_set, cfg.init.bsz, self.method.batch_count(cfg.init))
+
+    def setup_model(self):
+        """The base model with adapters: initialised (first launch) or rebuilt to resume from a checkpoint.
+        Returns the model and what results.json reports about the init (`run_info`)."""
+        cfg = self.cfg
+        model = load_model(cfg.model, self.tokenizer, cfg.cache_dir).to(self.accelerator.device)
+        self.diagnostics = alignment_diagnostics(
+            cfg, model, lambda: make_batches(self.tokenizer, self.data.train_set, cfg.diagnostics.bsz,
+                                             cfg.diagnostics.iters), self.accelerator)
+        if self.checkpoints.resume_from is not None:
+            return self.rebuild_adapters(model)
+        model, run_info = self.init_adapters(model)
+        self.tracker.log_init(run_info["init_layers"], run_info["init_time_s"], run_info["init_peak_mem_mb"])
+        if self.diagnostics:
+            self.tracker.log(self.diagnostics.measure(model, 0), step=0)
+        return model, run_info
+
+    def init_adapters(self, model):
+        """Wrap with adapters and initialise them: PEFT's own inits (LoRA, gaussian, PiSSA) while wrapping,
+        the data-driven ones (LoRA-One, LoRA-GA, EVA) right after; the time and memory cover both, so all
+        methods compare fairly. Full fine-tuning (peft=none): no adapters, no init; every weight trains
+        from its pretrained value."""
+        cfg, method, accelerator = self.cfg, self.method, self.accelerator
+        eval_loss_base = evaluate_loss(model, self.eval_loader, accelerator)
+        if is_full_finetuning(cfg.peft):
+            log.info("full fine-tuning: no adapters, every weight trains")
+            return train_every_weight(model), {
+                "init_method": None, "init_time_s": 0.0, "init_peak_mem_mb": None, "init_layers": {},
+                "rank_pattern": {}, "eval_loss_base": eval_loss_base, "eval_loss_after_init": eval_loss_base}
+        log.info("starting the %s init", method.name)
+        with measure(accelerator.device) as init_usage:
+            model = add_lora_adapters(model, cfg.peft, cfg.model.type, method, cfg.init)
+            report = method.initialise(model, cfg.init, self.init_batches, accelerator, cfg.model.type == "seq2seq")
+        log.info("init %s: %.2f s, peak %.0f MB", method.name, init_usage.seconds, init_usage.peak_mem_mb)
+        eval_loss_init = evaluate_loss(model, self.eval_loader, accelerator)
+        log.info("eval loss: base %.4f → after init %.4f", eval_loss_base, eval_loss_init)
+        if accelerator.is_main_process:
+            if cfg.init.save_artifacts:
+                save_init_artifacts(self.init_dir, report.gradients, self.init_batches or [], model)
+            elif method.moves_base:  # needed to export the trained adapter against the original base, and to resume
+                save_initial_adapter(model, os.path.join(self.init_dir, "adapter"))
+        rank_pattern = dict(model.peft_config[ADAPTER].rank_pattern)  # per-layer ranks an init chose (EVA, rho > 1)
+        return model, {"init_method": method.name, "init_time_s": init_usage.seconds,
+                       "init_peak_mem_mb": init_usage.peak_mem_mb, "init_layers": report.layer_stats,
+                       "rank_pattern": rank_pattern, "eval_loss_base": eval_loss_base,
+                       "eval_loss_after_init": eval_loss_init, **report.extra}
+
+    def rebuild_adapters(self, model):
+        """Wrap with adapters for a resumed run, skipping the init: the adapter values come from the
+        checkpoint (so PEFT's plain init suffices, no PiSSA SVD); an init that moved the base is redone
+        from the initial adapter. The init report is the one saved with the checkpoint.
+        Full fine-tuning: the checkpoint holds every weight."""
+        cfg = self.cfg
+        run_info = self.checkpoints.resumed_run_info()
+        log.info("resuming from %s: init skipped", self.checkpoints.resume_from)
+        if is_full_finetuning(cfg.peft):
+            return train_every_weight(model), run_info
+        model = add_lora_adapters(model, cfg.peft, cfg.model.type, METHODS["LoRA"], cfg.init,
+                                  run_info.get("rank_pattern"))
+        if self.method.moves_base:
+            initial = self.checkpoints.initial_adapter()
+            redo_base_offset(model, initial)
+            copy = os.path.join(self.init_dir, "adapter")
+            if self.accelerator.is_main_process and os.path.abspath(initial) != os.path.abspath(copy):
+                shutil.copytree(initial, copy, dirs_exist_ok=True)
+        return model, run_info
+
+    def train(self, model, run_info: dict):
+        """The optimizer steps, with a checkpoint every `checkpoint.every_n_steps`, at the end, and on a
+        preemption signal (then: requeue or say how to continue, and exit). Returns the prepared model
+        and the training's history."""
+        cfg, accelerator = self.cfg, self.accelerator
+        shuffle = torch.Generator().manual_seed(cfg.seed)
+        train_loader = DataLoader(self.data.train_set, batch_size=cfg.model.per_device_batch_size, shuffle=True,
+                                  collate_fn=self.collate, generator=shuffle)
+        optimizer = build_optimizer(model, cfg.optim, cfg.model)
+        model, optimizer, train_loader = accelerator.prepare(model, optimizer, train_loader)
+        steps_per_epoch = math.ceil(len(train_loader) / accelerator.gradient_accumulation_steps)
+        total_steps = cfg.model.max_steps if cfg.model.max_steps >= 0 else cfg.model.epochs * steps_per_epoch
+        history = TrainState(alignment=self.diagnostics.points() if self.diagnostics else {})
+        if total_steps == 0:
+            return model, history
+        scheduler = build_scheduler(optimizer, cfg.model, total_steps)
+        self.checkpoints.attach(model, optimizer, scheduler, shuffle, run_info, total_steps)
+        if self.checkpoints.resume_from is not None:
+            history = self.checkpoints.load()
+            log.info("continuing at step %d of %d", history.step, total_steps)
+            if self.diagnostics:
+                self.diagnostics.continue_from(history.alignment)  # the points measured before the checkpoint
+        self.checkpoints.set_aside_others()  # an earlier run's, unless this run continues them
+        history = train(model, optimizer, scheduler, train_loader, accelerator, total_steps, cfg.optim.max_grad_norm,
+                        shuffle, history, self.step_callbacks(model, total_steps), self.preemption.requested,
+                        cfg.log_every)
+        if history.interrupted:  # the checkpoint is written: requeue (slurm), or say how to continue, and exit
+            self.tracker.finish()
+            self.preemption.hand_over(accelerator.is_main_process)
+        return model, history
+
+    def step_callbacks(self, model, total_steps: int) -> list[StepCallback]:
+        """After each step, in order: log it; the held-out loss and the alignment when due; a checkpoint when due."""
+        cfg, tracker = self.cfg, self.tracker
+        callbacks = [log_step(tracker)]
+        if cfg.eval_loss_every:
+            callbacks.append(held_out_loss(cfg.eval_loss_every, total_steps,
+                                           lambda: evaluate_loss(model, self.eval_loader, self.accelerator), tracker))
+        if self.diagnostics:
+            callbacks.append(alignment(self.diagnostics, cfg.diagnostics.alignment_every,
+                                       lambda: self.accelerator.unwrap_model(model), tracker))
+        return [*callbacks, self.checkpoints.after_step]
+
+    def stop_if_preempted(self, history: TrainState) -> None:
+        """Between the stages after training: on a signal, checkpoint the finished training (unless its
+        last step has one), requeue and exit; the relaunch skips to the evaluation."""
+        if signalled_anywhere(self.preemption, self.accelerator):
+            if history.step > 0:
+                self.checkpoints.save_unless_saved(history)
+            self.tracker.finish()
+            self.preemption.hand_over(self.accelerator.is_main_process)
+
+    def export(self, trained) -> None:
+        """The adapter (PEFT format, always against the original base) and, with model.saving, the merged
+        model; full fine-tuning: the trained model itself in merged/, always (it has no adapter instead)."""
+        cfg, out_dir = self.cfg, self.out_dir
+        full_finetuning = is_full_finetuning(cfg.peft)
+        if self.accelerator.is_main_process:
+            if not full_finetuning:
+                save_adapter(trained, os.path.join(out_dir, "adapter"), cfg.model,
+                             os.path.join(self.init_dir, "adapter") if self.method.moves_base else None)
+            if cfg.model.saving or full_finetuning:
+                save_merged(trained, self.tokenizer, os.path.join(out_dir, "merged"), full_finetuning)
+        self.accelerator.wait_for_everyone()
+
+    def results(self, trained, run_info: dict, history: TrainState, eval_loss: float, parameters: dict) -> dict:
+        """results.json before the benchmarks: the config, the data, the init, the training's curves."""
+        resolved = OmegaConf.to_container(self.cfg, resolve=True)
+        trained_steps = [[history.step, eval_loss]] if history.step else []
+        return {
+            "config": resolved,
+            "config_digest": hashlib.sha256(json.dumps(resolved, sort_keys=True).encode()).hexdigest()[:16],
+            "num_processes": self.accelerator.num_processes,
+            "training_data": self.data_digest,  # the file's sha256 (or the loaded rows'): a relaunch on other data is refused
+            "data": self.data.report,  # rows read, duplicates, rows dropped or truncated at model.max_length
+            **parameters,
+            **run_info,
+            "eval_loss": eval_loss,
+            # the held-out loss over training: after the init (step 0), every `eval_loss_every` steps, at the end
+            "eval_loss_curve": [[0, run_info["eval_loss_after_init"]], *history.eval_loss, *trained_steps],
+            "train_loss_curve": history.loss,
+            "lr_curve": history.lr,
+            "grad_norm_curve": history.grad_norm,
+            "final_train_loss": history.loss[-1] if history.loss else None,
+            "steps": history.step,
+            "train_time_s": history.train_seconds,
+            "tokens_per_s": history.tokens_per_s if history.step else None,
+            "resumed_from": self.checkpoints.resume_from,
+            "base_model": base_model_record(self.cfg.model, trained.name_or_path),  # what the weights trained on really were
+            **finish_diagnostics(self.diagnostics, self.out_dir, self.accelerator.is_main_process),
+        }
+
+    def evaluate(self, trained, results: dict, history: TrainState) -> str | None:
+        """The benchmarks chosen by conf/eval on the trained model: <task>_predictions.jsonl in the run dir,
+        metrics under results["eval"]; returns the first failure in words, or None."""
+        results["eval"], failure = run_evaluators(self.cfg.eval, self.eval_items, trained, self.tokenizer,
+                                                  self.accelerator, self.out_dir,
+                                                  before_each=lambda: self.stop_if_preempted(history))
+        results["provenance"] = provenance(self.start_time)  # code version, packages, device, start/end times
+        return failure
+
+    def finish(self, results: dict, eval_failure: str | None) -> None:
+        """Write results.json (and the adapter's model card, which quotes it); a finished run's checkpoints
+        go (a failed benchmark keeps them: a relaunch resumes to redo it)."""
+        cfg, out_dir = self.cfg, self.out_dir
+        if self.accelerator.is_main_process:
+            write_json(os.path.join(out_dir, "results.json"), results)
+            if not is_full_finetuning(cfg.peft):
+                with writing(os.path.join(out_dir, "adapter")):
+                    write_model_card(os.path.join(out_dir, "adapter"), cfg, results)
+            log.info("eval loss %.4f after %d steps; results in %s", results["eval_loss"], results["steps"], out_dir)
+            if cfg.get("overfit_check"):  # debug=overfit: its verdict, the run's last line
+                report_overfit(results["train_loss_curve"], cfg.overfit_check)
+        if not eval_failure:
+            self.checkpoints.finish(cfg.checkpoint.keep_final)
+        self.preemption.restore()
+        self.tracker.finish(results)
+        if eval_failure:
+            raise EvaluationError(f"{eval_failure}; the training's results are in {out_dir}/results.json")
 
 
 def run(cfg: DictConfig, out_dir: str, wandb_group: str | None = None) -> dict:
-    """Train and evaluate in `out_dir`, or continue there from a checkpoint (`cfg.resume`), skipping the init."""
-    start_time = time.time()
-    configure_console(cfg.verbose)  # quiet unless verbose: no library deprecation warnings, no wandb banner
-    validate_config(cfg)
-    check_checkpoint_config(cfg)
-    check_tracking_config(cfg.wandb)
-    state = PartialState(cpu=not torch.cuda.is_available())
-    accelerator = Accelerator(cpu=state.device.type == "cpu",
-                              gradient_accumulation_steps=accumulation_steps(cfg.model, state.num_processes))
-    out_dir = broadcast_object_list([out_dir])[0]  # each process composed its own run dir: use the main one's
-    resume_from = checkpoint_to_resume(str(cfg.resume), out_dir)
-    earlier = recorded_training(resume_from, str(cfg.resume), out_dir)  # the checkpoint continued, or a finished run here
-    if earlier is not None:
-        earlier.check_config(cfg)
-    tracker = Tracker(cfg, out_dir, accelerator.is_main_process, wandb_group)
-    set_seed(cfg.seed)
-    seq2seq = cfg.model.type == "seq2seq"
+    """Train and evaluate in `out_dir` (or continue there from a checkpoint); returns results.json's contents."""
+    return Experiment(cfg, out_dir, wandb_group).run()
 
-    # --- data: (prompt, response) pairs → token ids with the prompt masked out of the labels
-    tokenizer = load_tokenizer(cfg.model, cfg.cache_dir)
-    data = prepare_data(cfg.dataset, cfg.seed, tokenizer, cfg.model.max_length, seq2seq)  # rows lost are counted
-    train_examples, train_set, eval_set = data.train_examples, data.train_set, data.eval_set
-    data_digest = training_data_digest(cfg.dataset, train_examples)  # a resume on changed data is refused
-    if earlier is not None:
-        earlier.check_data(data_digest)
-    collate = make_collator(tokenizer)
-    eval_items = load_evaluator_items(cfg.eval)  # the benchmarks' questions, checked before any training
-    eval_loader = accelerator.prepare(DataLoader(eval_set, batch_size=cfg.model.per_device_batch_size, collate_fn=collate))
-    method = init_method(cfg.init)
-    init_batches = None
-    if method.needs_batches:
-        init_set = train_set if cfg.init.max_length == cfg.model.max_length else \
-            encode_rows(tokenizer, train_examples, cfg.init.max_length, seq2seq)
-        init_batches = make_batches(tokenizer, init_set, cfg.init.bsz, method.batch_count(cfg.init))
 
-    # --- base model with adapters: initialised (first launch) or rebuilt to resume from a checkpoint
-    model = load_model(cfg.model, tokenizer, cfg.cache_dir).to(accelerator.device)
-    init_dir = os.path.join(out_dir, "init")
-    diagnostics = alignment_diagnostics(cfg, model, lambda: make_batches(tokenizer, train_set, cfg.diagnostics.bsz,
-                                                                         cfg.diagnostics.iters), accelerator)
-    if resume_from is None:
-        model, run_info = init_adapters(cfg, method, model, eval_loader, init_batches, accelerator, init_dir)
-        tracker.log_init(run_info["init_layers"], run_info["init_time_s"], run_info["init_peak_mem_mb"])
-    else:
-        model, run_info = rebuild_adapters(cfg, method, model, resume_from, accelerator, init_dir)
-    if diagnostics and resume_from is None:
-        tracker.log(diagnostics.measure(model, 0), step=0)
+def parameter_counts(model) -> dict:
+    return {"trainable_params": sum(p.numel() for p in model.parameters() if p.requires_grad),
+            "total_params": sum(p.numel() for p in model.parameters())}
 
-    # --- training, with a checkpoint every `checkpoint.every_n_steps`, at the end, and on a preemption signal
-    shuffle = torch.Generator().manual_seed(cfg.seed)
-    train_loader = DataLoader(train_set, batch_size=cfg.model.per_device_batch_size, shuffle=True, collate_fn=collate,
-                              generator=shuffle)
-    optimizer = build_optimizer(model, cfg.optim, cfg.model)
-    model, optimizer, train_loader = accelerator.prepare(model, optimizer, train_loader)
-    steps_per_epoch = math.ceil(len(train_loader) / accelerator.gradient_accumulation_steps)
-    total_steps = cfg.model.max_steps if cfg.model.max_steps >= 0 else cfg.model.epochs * steps_per_epoch
-    history = TrainState()
-    # from here until results.json is written, a signal (Ctrl-C too) never loses the training
-    preemption = PreemptionSignal(resume_command(out_dir, __file__))
-    if total_steps > 0:
-        scheduler = build_scheduler(optimizer, cfg.model, total_steps)
-        if resume_from is not None:
-            history = load_checkpoint(resume_from, model, optimizer, scheduler, shuffle, accelerator)
-            log.info("continuing at step %d of %d", history.step, total_steps)
-            if diagnostics:
-                diagnostics.continue_from(history.alignment)  # the points measured before the checkpoint
-        if accelerator.is_main_process:
-            set_aside_checkpoints(out_dir, resume_from)  # an earlier run's, unless this run continues them
 
-        def after_step(now: TrainState, stopping: bool) -> None:
-            tracker.log({"train/loss": now.loss[-1], "train/lr": now.lr[-1], "train/grad_norm": now.grad_norm[-1],
-                         "train/tokens_per_s": now.tokens_per_s}, step=now.step)
-            if cfg.eval_loss_every and now.step % cfg.eval_loss_every == 0 and now.step < total_steps:
-                now.eval_loss.append([now.step, evaluate_loss(model, eval_loader, accelerator)])
-                tracker.log({"eval/loss": now.eval_loss[-1][1]}, step=now.step)
-            if diagnostics and now.step % cfg.diagnostics.alignment_every == 0:
-                tracker.log(diagnostics.measure(accelerator.unwrap_model(model), now.step), step=now.step)
-            every = cfg.checkpoint.every_n_steps
-            if stopping or (every > 0 and (now.step % every == 0 or now.step == total_steps)):
-                checkpoint(now)
+def save_adapter(trained, path: str, model_cfg: DictConfig, initial_adapter: str | None) -> None:
+    """The PEFT adapter, against the original base even when the init moved it (`initial_adapter`: PEFT
+    converts the trained adapter into one that applies to the unmoved weights)."""
+    with writing(path):  # an unwritable file: one line, not safetensors' traceback
+        trained.save_pretrained(path, path_initial_model_for_weight_conversion=initial_adapter)
+    if initial_adapter:
+        restore_exported_magnitudes(trained, path)  # DoRA: PEFT's conversion drops m
+    name_base_model(path, model_cfg)  # the hub id, not this machine's cache path
 
-        def checkpoint(now: TrainState) -> None:
-            if diagnostics:
-                now.alignment = diagnostics.points()  # carried to a resumed run's results
-            save_checkpoint(out_dir, model, optimizer, scheduler, now, shuffle, accelerator, run_info,
-                            cfg.checkpoint.keep, training_config(cfg), data_digest)
-            checkpointed.append(now.step)
 
-        checkpointed: list[int] = []
-        history = train(model, optimizer, scheduler, train_loader, accelerator, total_steps, cfg.optim.max_grad_norm,
-                        shuffle, history, after_step, preemption.requested, cfg.log_every)
-        if history.interrupted:  # the checkpoint is written: requeue (slurm), or say how to continue, and exit
-            tracker.finish()
-            preemption.hand_over(accelerator.is_main_process)
-
-    def stop_if_preempted() -> None:
-        """Between the stages after training: on a signal, checkpoint the finished training (unless its
-        last step has one), requeue and exit; the relaunch skips to the evaluation."""
-        if signalled_anywhere(preemption, accelerator):
-            if total_steps > 0 and history.step not in checkpointed:
-                checkpoint(history)
-            tracker.finish()
-            preemption.hand_over(accelerator.is_main_process)
-
-    eval_loss_final = evaluate_loss(model, eval_loader, accelerator) if total_steps > 0 else run_info["eval_loss_after_init"]
-    stop_if_preempted()
-
-    # --- save: the adapter (PEFT format, always against the original base) and the merged model;
-    # full fine-tuning: the trained model itself in merged/, always (it has no adapter to save instead)
-    trained = accelerator.unwrap_model(model)
-    full_finetuning = is_full_finetuning(cfg.peft)
-    parameters = {"trainable_params": sum(p.numel() for p in trained.parameters() if p.requires_grad),
-                  "total_params": sum(p.numel() for p in trained.parameters())}  # counted before a merge folds the adapters away
-    if accelerator.is_main_process:
-        if not full_finetuning:
-            conversion = os.path.join(init_dir, "adapter") if method.moves_base else None
-            with writing(os.path.join(out_dir, "adapter")):  # an unwritable file: one line, not safetensors' traceback
-                trained.save_pretrained(os.path.join(out_dir, "adapter"), path_initial_model_for_weight_conversion=conversion)
-            if conversion:
-                restore_exported_magnitudes(trained, os.path.join(out_dir, "adapter"))  # DoRA: PEFT's conversion drops m
-            name_base_model(os.path.join(out_dir, "adapter"), cfg.model)  # the hub id, not this machine's cache path
-        if cfg.model.saving or full_finetuning:
-            if not full_finetuning:
-                untie_adapted_weights(trained)  # a tied output head merges into its own copy, not the embeddings
-            merged = trained if full_finetuning else trained.merge_and_unload()
-            with writing(os.path.join(out_dir, "merged")):
-                merged.save_pretrained(os.path.join(out_dir, "merged"))
-                tokenizer.save_pretrained(os.path.join(out_dir, "merged"))
-    accelerator.wait_for_everyone()
-    stop_if_preempted()
-
-    # --- results
-    resolved = OmegaConf.to_container(cfg, resolve=True)
-    results = {
-        "config": resolved,
-        "config_digest": hashlib.sha256(json.dumps(resolved, sort_keys=True).encode()).hexdigest()[:16],
-        "num_processes": accelerator.num_processes,
-        "training_data": data_digest,  # the file's sha256 (or the loaded rows'): a relaunch on other data is refused
-        "data": data.report,  # rows read, duplicates, rows dropped or truncated at model.max_length
-        **parameters,
-        **run_info,
-        "eval_loss": eval_loss_final,
-        # the held-out loss over training: after the init (step 0), every `eval_loss_every` steps, at the end
-        "eval_loss_curve": [[0, run_info["eval_loss_after_init"]], *history.eval_loss,
-                            *([[history.step, eval_loss_final]] if total_steps > 0 else [])],
-        "train_loss_curve": history.loss,
-        "lr_curve": history.lr,
-        "grad_norm_curve": history.grad_norm,
-        "final_train_loss": history.loss[-1] if history.loss else None,
-        "steps": history.step,
-        "train_time_s": history.train_seconds,
-        "tokens_per_s": history.tokens_per_s if history.step else None,
-        "resumed_from": resume_from,
-        "base_model": base_model_record(cfg.model, trained.name_or_path),  # what the weights trained on really were
-        **finish_diagnostics(diagnostics, out_dir, accelerator.is_main_process),
-    }
-    # benchmarks chosen by conf/eval on the trained model: <task>_predictions.jsonl here, metrics under "eval"
-    results["eval"], eval_failure = run_evaluators(cfg.eval, eval_items, trained, tokenizer, accelerator, out_dir,
-                                                   before_each=stop_if_preempted)
-    results["provenance"] = provenance(start_time)  # code version, packages, device, start/end times
-    if accelerator.is_main_process:
-        write_json(os.path.join(out_dir, "results.json"), results)
-        if not full_finetuning:  # the adapter's model card quotes the eval numbers: written with results.json
-            with writing(os.path.join(out_dir, "adapter")):
-                write_model_card(os.path.join(out_dir, "adapter"), cfg, results)
-        log.info("eval loss %.4f after %d steps; results in %s", eval_loss_final, history.step, out_dir)
-        if cfg.get("overfit_check"):  # debug=overfit: its verdict, the run's last line
-            report_overfit(history.loss, cfg.overfit_check)
-        if not (cfg.checkpoint.keep_final or eval_failure):  # a failed benchmark: a relaunch resumes to redo it
-            remove_checkpoints(out_dir)
-    preemption.restore()
-    tracker.finish(results)
-    if eval_failure:
-        raise EvaluationError(f"{eval_failure}; the training's results are in {out_dir}/results.json")
-    return results
+def save_merged(trained, tokenizer, path: str, full_finetuning: bool) -> None:
+    """The model with the adapters merged into its weights (full fine-tuning: the model as trained)."""
+    if not full_finetuning:
+        untie_adapted_weights(trained)  # a tied output head merges into its own copy, not the embeddings
+    merged = trained if full_finetuning else trained.merge_and_unload()
+    with writing(path):
+        merged.save_pretrained(path)
+        tokenizer.save_pretrained(path)
 
 
 def signalled_anywhere(preemption: PreemptionSignal, accelerator: Accelerator) -> bool:

@@ -5,21 +5,19 @@ import datetime
 import json
 import os
 import platform
-import sys
 from pathlib import Path
 
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
+import torch
+from accelerate.utils import set_seed
+
+from lora_one.config import compose_config
+from lora_one.data import encode_rows, load_splits, make_collator
+from lora_one.init import init_method
+from lora_one.models import add_lora_adapters, load_model, load_tokenizer
+
 ROOT = Path(__file__).resolve().parents[1]
-sys.path[:0] = [str(ROOT), str(ROOT / "src")]  # this checkout's package
-
-import torch  # noqa: E402
-from accelerate.utils import set_seed  # noqa: E402
-
-from lora_one.config import compose_config  # noqa: E402
-from lora_one.data import encode_rows, load_splits, make_collator  # noqa: E402
-from lora_one.init import init_method  # noqa: E402
-from lora_one.models import add_lora_adapters, load_model, load_tokenizer  # noqa: E402
 
 GSM8K_TRAIN = ROOT.parent / "shared" / "data" / "gsm8k" / "train.jsonl"
 RESULTS = ROOT / "bench" / "results"

@@ -19,7 +19,7 @@ import time
 import torch
 
 from common import report
-from lora_one.init.sketch import GradientSketch
+from lora_one.init.estimators.sketch import GradientSketch
 from lora_one.init.spectral import top_singular_triplets
 
 

@@ -69,7 +69,7 @@ def worker(peft: str, batch_size: int, tokens: int, steps: int) -> None:
     clocks = [(time.perf_counter(), time.process_time())]  # (wall, CPU) at the start and after each step
     with measure(device) as usage:
         train(model, optimizer, scheduler, loader, accelerator, steps, cfg.optim.max_grad_norm, torch.Generator(),
-              after_step=lambda now, stopping: clocks.append((time.perf_counter(), time.process_time())))
+              callbacks=[lambda now, stopping: clocks.append((time.perf_counter(), time.process_time()))])
     wall, cpu = ([b - a for a, b in zip(ticks, ticks[1:])] for ticks in zip(*clocks))
     print(json.dumps({"before_mb": before, "peak_mb": usage.peak_mem_mb, "step_s": wall, "step_cpu_s": cpu,
                       "trainable": sum(p.numel() for p in model.parameters() if p.requires_grad)}))

@@ -19,7 +19,7 @@ from accelerate import Accelerator
 from omegaconf import OmegaConf
 
 from common import INIT_VARIANTS, init_bench_parser, report, run_init, smollm2_lora
-from lora_one.init.estimators import activations_require_grad, backpropagate, frozen_pretrained
+from lora_one.init.estimators.shared import activations_require_grad, backpropagate, frozen_pretrained
 
 
 def floor(model, batches, accelerator):

@@ -15,13 +15,11 @@ import argparse
 import copy
 import json
 import os
-import sys
 import time
 from pathlib import Path
 
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 ROOT = Path(__file__).resolve().parents[1]
-sys.path[:0] = [str(ROOT / "src")]
 os.environ.setdefault("LORA_ONE_CONF", str(ROOT / "conf"))
 
 import matplotlib  # noqa: E402

@@ -17,7 +17,6 @@ import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
-sys.path[:0] = [str(ROOT / "src")]
 os.environ.setdefault("LORA_ONE_CONF", str(ROOT / "conf"))
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 

@@ -13,7 +13,6 @@ import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
 SHARED_DATA = ROOT.parent / "shared" / "data"
-sys.path[:0] = [str(ROOT), str(ROOT / "src")]  # run_exp.py, and this checkout's package even if another is installed
 
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 os.environ.setdefault("WANDB_MODE", "disabled")
@@ -22,6 +21,19 @@ os.environ["LORA_ONE_CONF"] = str(ROOT / "conf")  # this checkout's configs, eve
 from lora_one.config import compose_config  # noqa: E402  (re-exported for the tests)
 
 TINY = ["model=tiny_llama", "dataset.eval_size=16"]
+
+
+def save_checkpoints(run_dir, model, optimizer, scheduler, steps, keep: int = 2) -> list[str]:
+    """Checkpoints of a toy training at `steps` (one process), as a run writes them; their paths."""
+    import torch
+    from accelerate import Accelerator
+
+    from lora_one.train.checkpointing import Checkpointer
+    from lora_one.train.loop import TrainState
+
+    checkpoints = Checkpointer(str(run_dir), Accelerator(cpu=True), keep=keep)
+    checkpoints.attach(model, optimizer, scheduler, torch.Generator())
+    return [checkpoints.save(TrainState(step=step)) for step in steps]
 
 
 def run_experiment(overrides: list[str], out_dir) -> dict:

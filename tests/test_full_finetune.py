@@ -17,7 +17,6 @@ from conftest import TINY, compose_config, run_cli, run_experiment
 from lora_one import ConfigError
 from lora_one.config import validate_config
 from lora_one.data import encode_rows, load_splits, make_batches, make_collator
-from lora_one.init import init_method
 from lora_one.models import load_model, load_tokenizer
 from lora_one.train import build_optimizer, build_scheduler, evaluate_loss, train
 from lora_one.train.loop import training_loss
@@ -50,8 +49,10 @@ def test_one_step_is_adamw_on_every_weight(tmp_path):
     model, tokenizer = base_model(cfg)
     examples, _ = load_splits(cfg.dataset, cfg.seed)
     [batch] = make_batches(tokenizer, encode_rows(tokenizer, examples[:4], cfg.model.max_length, False), 4, 1)
-    accelerator = Accelerator(cpu=True)
-    model, info = run_exp.init_adapters(cfg, init_method(cfg.init), model, [batch], None, accelerator, str(tmp_path))
+    experiment = run_exp.Experiment(cfg, str(tmp_path))
+    experiment.eval_loader, experiment.init_batches = [batch], None
+    model, info = experiment.init_adapters(model)
+    accelerator = experiment.accelerator
     assert info["eval_loss_base"] == info["eval_loss_after_init"] and info["init_layers"] == {}
 
     reference = copy.deepcopy(model).requires_grad_(True)  # the gradient of every weight, whatever the run froze

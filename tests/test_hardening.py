@@ -18,11 +18,12 @@ from accelerate import Accelerator
 from torch import nn
 from torch.utils.data import DataLoader
 
-from conftest import ROOT, TINY, compose_config, run_cli, run_experiment
+from conftest import ROOT, TINY, compose_config, run_cli, run_experiment, save_checkpoints
 from lora_one import ConfigError
-from lora_one.checkpoint import checkpoint_damage, checkpoint_to_resume, latest_checkpoint, save_checkpoint
+from lora_one.train.checkpointing import checkpoint_damage, checkpoint_to_resume, latest_checkpoint
 from lora_one.config import check_config_keys
-from lora_one.run_dir import LOCK_FILE, RunDirError, RunDirLock, storage_failure, write_json
+from lora_one.run_lock import LOCK_FILE, RunDirLock
+from lora_one.storage import RunDirError, storage_failure, write_json
 from lora_one.train import train
 from lora_one.train.loop import NonFiniteLoss, TrainState
 
@@ -94,8 +95,8 @@ def test_a_non_finite_step_stops_before_its_update(kind, max_grad_norm):
     seen = []
     with pytest.raises(NonFiniteLoss, match=r"^step 3: the training loss is (nan|\d\S*) and the gradient norm (nan|inf)"):
         train(model, optimizer, scheduler, loader, accelerator, 5, max_grad_norm, torch.Generator(), TrainState(),
-              lambda state, stopping: seen.append((state.step, model.w.detach().clone())))
-    assert [step for step, _ in seen] == [1, 2]  # after_step (checkpoints) never saw step 3
+              [lambda state, stopping: seen.append((state.step, model.w.detach().clone()))])
+    assert [step for step, _ in seen] == [1, 2]  # the callbacks (checkpoints) never saw step 3
     assert torch.isfinite(model.w).all() and torch.equal(model.w.detach(), seen[-1][1])  # step 3 updated nothing
 
 
@@ -175,6 +176,8 @@ def test_the_in_process_cli_answers_as_a_process_of_its_own(tmp_path):
     ("eval_loss_every=-2", "eval_loss_every must be ≥ 0 (got -2): 0 measures the held-out loss after the init and at the end only"),
     ("optim=scaled_adamw optim.prec_reg=tiny", "optim.prec_reg must be a number (got 'tiny')"),
     ("init.stable_gamma=big", "init.stable_gamma must be a number or auto (got 'big')"),
+    ("optim=loraplus optim.lr_ratio=0", "optim.lr_ratio must be > 0 (got 0)"),
+    ("wandb.init_timeout_s=0", "wandb.init_timeout_s must be > 0 (got 0)"),
 ])
 def test_numeric_settings_are_checked_in_process(tmp_path, override, message):
     with pytest.raises(ConfigError) as caught:
@@ -307,34 +310,29 @@ def test_storage_errors_are_named_with_the_cause(tmp_path, monkeypatch):
     assert storage_failure(RuntimeError("shapes do not match"), str(tmp_path)) is None  # not about the disk
     assert storage_failure(FileNotFoundError(errno.ENOENT, "No such file", "x"), str(tmp_path)) is None
 
-    import lora_one.checkpoint
+    import lora_one.train.checkpointing
 
     def no_space(*args, **kwargs):
         raise OSError(errno.ENOSPC, "No space left on device")
 
-    monkeypatch.setattr(lora_one.checkpoint, "save_file", no_space)
-    model, optimizer, scheduler, accelerator = toy_trainer()
+    monkeypatch.setattr(lora_one.train.checkpointing, "save_file", no_space)
     with pytest.raises(RunDirError, match=rf"^cannot write {tmp_path}/checkpoints/step_1: disk full \(ENOSPC"):
-        save_checkpoint(str(tmp_path), model, optimizer, scheduler, TrainState(step=1), torch.Generator(), accelerator,
-                        {}, keep=2)
+        save_checkpoints(tmp_path, *toy_trainer(), steps=[1])
 
 
 # --- damaged checkpoints ------------------------------------------------------------------------------
 
 def toy_trainer():
-    accelerator = Accelerator(cpu=True)
     model = nn.Linear(4, 2)
     optimizer = torch.optim.AdamW(model.parameters(), lr=0.1)
     model(torch.ones(1, 4)).sum().backward()
     optimizer.step()  # AdamW moments in the optimizer state
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: 1.0)
-    return model, optimizer, scheduler, accelerator
+    return model, optimizer, scheduler
 
 
 def two_checkpoints(run_dir) -> list[str]:
-    model, optimizer, scheduler, accelerator = toy_trainer()
-    return [save_checkpoint(str(run_dir), model, optimizer, scheduler, TrainState(step=step), torch.Generator(),
-                            accelerator, {}, keep=2) for step in (2, 4)]
+    return save_checkpoints(run_dir, *toy_trainer(), steps=(2, 4))
 
 
 def truncate(path) -> None:
@@ -357,7 +355,7 @@ def test_a_damaged_newest_checkpoint_is_named_and_skipped(tmp_path, caplog, name
     older, newest = two_checkpoints(tmp_path)
     assert checkpoint_damage(newest) is None and latest_checkpoint(str(tmp_path)) == newest
     damage(os.path.join(newest, name))
-    with caplog.at_level(logging.WARNING, logger="lora_one.checkpoint"):
+    with caplog.at_level(logging.WARNING, logger="lora_one.train.checkpointing"):
         assert checkpoint_to_resume("auto", str(tmp_path)) == older
     assert any(newest in r.getMessage() and name in r.getMessage() for r in caplog.records), caplog.text
     with pytest.raises(ConfigError, match=rf"^checkpoint {newest} is damaged: {reported}$"):

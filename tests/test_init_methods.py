@@ -10,7 +10,7 @@ from omegaconf import OmegaConf
 from conftest import ROOT, TINY, compose_config
 from lora_one import ConfigError
 from lora_one.init import METHODS, InitMethod, InitReport, init_method
-from lora_one.init.streaming import streaming_spectra
+from lora_one.init.estimators.streaming import streaming_spectra
 from lora_one.models import lora_layers
 from lora_one.models.adapters import ADAPTER
 from test_init import autograd_reference, build

@@ -19,6 +19,7 @@ import pytest
 import run_exp
 from conftest import ROOT, TINY, run_experiment
 from lora_one.command_line import OTHER_RANKS, hydra_arguments, resume_command, resumed_run_dir
+from lora_one.train.checkpointing import Checkpointer
 from lora_one.train.preemption import PreemptionSignal
 
 # 200 generated rows (the default 2000 take seconds to tokenise); a checkpoint every 4 steps
@@ -48,31 +49,28 @@ def run_exp_main(args: list[str]) -> tuple[int | str | None, list[str]]:
 def signals_after_step(step: int, signals: int, during_checkpoint: bool = False):
     """Ctrl-C (SIGINT to this process) right after training step `step`, `signals` times; with
     `during_checkpoint`, the second one while the checkpoint of the stop is being written."""
-    real_train, real_save = run_exp.train, run_exp.save_checkpoint
+    real_train, real_save = run_exp.train, Checkpointer.save
     steps = []
+
+    def ctrl_c_after(now, stopping):
+        steps.append(now.step)
+        if now.step == step:
+            for _ in range(1 if during_checkpoint else signals):
+                os.kill(os.getpid(), signal.SIGINT)
 
     def train(*args, **kwargs):
         bound = inspect.signature(real_train).bind(*args, **kwargs)
-        after_step = bound.arguments["after_step"]
-
-        def after_step_then_ctrl_c(now, stopping):
-            steps.append(now.step)
-            after_step(now, stopping)
-            if now.step == step:
-                for _ in range(1 if during_checkpoint else signals):
-                    os.kill(os.getpid(), signal.SIGINT)
-
-        bound.arguments["after_step"] = after_step_then_ctrl_c
+        bound.arguments["callbacks"] = [ctrl_c_after, *bound.arguments["callbacks"]]
         return real_train(*bound.args, **bound.kwargs)
 
-    def save_checkpoint(*args, **kwargs):
+    def save_after_ctrl_c(self, state):
         os.kill(os.getpid(), signal.SIGINT)
-        return real_save(*args, **kwargs)
+        return real_save(self, state)
 
     with pytest.MonkeyPatch.context() as patch:
         patch.setattr(run_exp, "train", train)
         if during_checkpoint:
-            patch.setattr(run_exp, "save_checkpoint", save_checkpoint)
+            patch.setattr(Checkpointer, "save", save_after_ctrl_c)
         yield steps
 
 

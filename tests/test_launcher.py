@@ -1,12 +1,13 @@
-"""accelerate_config.yaml, and the Hydra submitit launcher presets: the slurm preset composes to valid submitit settings, and a
-sweep really runs through submitit's job-array path on this machine (hydra/launcher=local)."""
+"""accelerate_config.yaml as `accelerate launch` reads it, and the Hydra submitit launcher presets: the slurm
+preset composes to valid submitit settings, and a sweep really runs through submitit's job-array path on this
+machine (hydra/launcher=local)."""
 import json
 import subprocess
 import sys
 
 import pytest
-from accelerate.commands.config.config_args import load_config_from_file
-from accelerate.utils import DistributedType
+from accelerate.commands.launch import _validate_launch_command, launch_command_parser
+from accelerate.utils.launch import prepare_multi_gpu_env
 from conftest import ROOT, TINY, compose_config
 
 
@@ -26,10 +27,16 @@ def test_local_preset_uses_submitits_local_executor():
     assert launcher._target_.endswith("LocalLauncher") and launcher.tasks_per_node == 1
 
 
-def test_accelerate_config_is_multi_gpu_bf16():
-    config = load_config_from_file(str(ROOT / "accelerate_config.yaml"))
-    assert config.distributed_type == DistributedType.MULTI_GPU and config.mixed_precision == "bf16"
-    assert config.num_processes > 1 and not config.use_cpu
+def test_accelerate_launch_with_the_config_starts_one_bf16_process_per_gpu():
+    """What `accelerate launch --config_file accelerate_config.yaml run_exp.py …` sets up, through accelerate's
+    own launcher code (without starting it): a torchrun launch of several processes on one node, on the GPUs,
+    each with bf16 autocast, running run_exp.py with the overrides given."""
+    command = ["--config_file", str(ROOT / "accelerate_config.yaml"), "run_exp.py", "experiment=gsm8k_smollm2"]
+    args, _, _ = _validate_launch_command(launch_command_parser().parse_args(command))
+    environment = prepare_multi_gpu_env(args)
+    assert args.multi_gpu and not args.cpu and args.num_machines == 1 and int(args.nproc_per_node) > 1
+    assert environment["ACCELERATE_MIXED_PRECISION"] == "bf16"
+    assert (args.training_script, args.training_script_args) == ("run_exp.py", ["experiment=gsm8k_smollm2"])
 
 
 @pytest.mark.slow

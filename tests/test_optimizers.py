@@ -8,11 +8,13 @@ from omegaconf import OmegaConf
 from peft import LoraConfig, get_peft_model
 from torch import nn
 
-from conftest import TINY, compose_config, run_experiment, run_torchrun
+from conftest import ROOT, TINY, compose_config, run_experiment, run_torchrun
 from lora_one import ConfigError
+from lora_one.config import validate_config
 from lora_one.train import build_optimizer
 from lora_one.train.lora_pairs import find_lora_pairs
 from lora_one.train.lora_pro import lora_pro_gradients
+from lora_one.train.optim import OPTIMIZERS
 from lora_one.train.scaled import scaled_gradients
 
 M, N, R, ALPHA = 12, 10, 3, 6  # out, in, rank; s = α/r = 2
@@ -220,14 +222,25 @@ def test_non_lora_parameters_fall_back_to_adamw():
     torch.testing.assert_close(bias.detach(), before - LR * grad.sign(), rtol=0, atol=1e-6)
 
 
-@pytest.mark.parametrize("override,match", [
-    ("optim.name=adafactor", "optim 'adafactor' is unknown"),
-    ("optim.prec_reg=-1", "optim.prec_reg"),
+@pytest.mark.parametrize("override,message", [
+    ("optim.name=adafactor",
+     "optim 'adafactor' is unknown; use one of ('adamw', 'scaled_adamw', 'scaled_sgd', 'lora_pro', 'loraplus')"),
+    ("optim.prec_reg=-1", "optim.prec_reg must be ≥ 0 (got -1)"),
 ])
-def test_bad_optim_config_names_the_culprit(override, match):
+def test_bad_optim_config_names_the_culprit(override, message):
+    with pytest.raises(ConfigError) as refused:
+        validate_config(compose_config(["model=tiny_llama", "optim=scaled_adamw", override]))
+    assert str(refused.value) == message
+
+
+def test_building_an_unknown_optimizer_names_it_too():
     model, _ = tiny_lora_layer(*random_factors(9)[:2])
-    with pytest.raises(ConfigError, match=match):
-        make_optimizer(model, "scaled_adamw", override)
+    with pytest.raises(ConfigError, match="^optim 'adafactor' is unknown"):
+        make_optimizer(model, "scaled_adamw", "optim.name=adafactor")
+
+
+def test_every_optim_option_has_its_optimizer():
+    assert set(OPTIMIZERS) == {path.stem for path in (ROOT / "conf" / "optim").glob("*.yaml")}
 
 
 def test_pair_optimizer_without_lora_adapters_is_a_config_error():

@@ -76,7 +76,7 @@ def test_held_out_loss_init_and_training_report_progress(monkeypatch, caplog, tm
     finals = {line.split(" [")[0] for line in progress_lines(caplog)}
     assert {"held-out loss: 4/4 batch", "one-step gradient: forward: 2/2 block",
             "one-step gradient: backward, G factorised: 14/14 layer", "train: 4/4 step"} <= finals, finals
-    assert not [r for r in caplog.records if r.name == "lora_one.init.streaming"]  # no line per layer any more
+    assert not [r for r in caplog.records if r.name == "lora_one.init.estimators.streaming"]  # no line per layer any more
 
 
 def test_a_default_run_shows_no_library_warning_and_no_progress_line(tmp_path, caplog):

@@ -20,8 +20,8 @@ from torch.utils.data import DataLoader
 import run_exp
 from conftest import ROOT, TINY, compose_config, run_experiment
 from lora_one import ConfigError
-from lora_one.checkpoint import checkpoint_training, checkpoint_to_resume, latest_checkpoint, load_checkpoint, \
-    save_checkpoint, training_config
+from lora_one.train.checkpointing import Checkpointer, checkpoint_training, checkpoint_to_resume, latest_checkpoint, \
+    training_config
 from lora_one.data import encode_rows, load_splits, make_batches
 from lora_one.eval import EvaluationError, gsm8k
 from lora_one.init import METHODS, init_method, redo_base_offset, save_initial_adapter
@@ -56,14 +56,12 @@ def toy_training(checkpoint=None, stop_at=None, run_dir=None):
     loader = DataLoader(data, batch_size=3, shuffle=True, generator=shuffle)
     model, optimizer, loader = accelerator.prepare(model, optimizer, loader)
     torch.manual_seed(123)  # this launch's dropout stream; a resumed one gets the checkpoint's
-    state = None if checkpoint is None else load_checkpoint(checkpoint, model, optimizer, scheduler, shuffle, accelerator)
-
-    def after_step(now, stopping):
-        if stopping:
-            save_checkpoint(run_dir, model, optimizer, scheduler, now, shuffle, accelerator, {}, keep=1)
+    checkpoints = Checkpointer(run_dir, accelerator, keep=1, resume_from=checkpoint)
+    checkpoints.attach(model, optimizer, scheduler, shuffle, total_steps=7)
+    state = None if checkpoint is None else checkpoints.load()
 
     calls = itertools.count(1)  # stop_requested is asked once per step
-    return train(model, optimizer, scheduler, loader, accelerator, 7, 1.0, shuffle, state, after_step,
+    return train(model, optimizer, scheduler, loader, accelerator, 7, 1.0, shuffle, state, [checkpoints.after_step],
                  lambda: next(calls) == stop_at)
 
 
@@ -206,14 +204,12 @@ def test_preemption_signal_checkpoints_then_resume_elsewhere_matches(tmp_path, m
 
     def train_preempted_after_step_2(*args, **kwargs):
         bound = inspect.signature(real_train).bind(*args, **kwargs)
-        after_step = bound.arguments["after_step"]
 
-        def after_step_then_signal(now, stopping):
-            after_step(now, stopping)
+        def signal_after_step_2(now, stopping):
             if now.step == 2 and not stopping:
                 os.kill(os.getpid(), signal.SIGUSR1)
 
-        bound.arguments["after_step"] = after_step_then_signal
+        bound.arguments["callbacks"] = [*bound.arguments["callbacks"], signal_after_step_2]
         return real_train(*bound.args, **bound.kwargs)
 
     monkeypatch.setattr(run_exp, "train", train_preempted_after_step_2)

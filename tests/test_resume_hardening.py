@@ -14,17 +14,16 @@ import time
 
 import pytest
 import torch
-from accelerate import Accelerator
 from torch import nn
 
-from conftest import TINY, compose_config, run_experiment
+from conftest import TINY, compose_config, run_experiment, save_checkpoints
 from lora_one import ConfigError
-from lora_one.checkpoint import checkpoint_training, checkpoint_to_resume, latest_checkpoint, save_checkpoint, \
+from lora_one.train.checkpointing import checkpoint_training, checkpoint_to_resume, latest_checkpoint, \
     training_config, training_data_digest
 from lora_one.data.toy_math import generate_toy_math
 from lora_one.manifest import write_manifest
-from lora_one.run_dir import LOCK_FILE, RunDirError
-from lora_one.train.loop import TrainState
+from lora_one.run_lock import LOCK_FILE
+from lora_one.storage import RunDirError
 
 
 def write_jsonl(path, seed: int) -> None:
@@ -215,12 +214,10 @@ def test_a_relaunch_on_other_data_does_not_replace_a_finished_run(finished_witho
 # --- item 13: a run still writing its checkpoints ------------------------------------------------------
 
 def toy_checkpoints(run_dir) -> list[str]:
-    accelerator = Accelerator(cpu=True)
     model = nn.Linear(2, 1)
     optimizer = torch.optim.AdamW(model.parameters())
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: 1.0)
-    return [save_checkpoint(str(run_dir), model, optimizer, scheduler, TrainState(step=step), torch.Generator(),
-                            accelerator, {}, keep=2) for step in (2, 4)]
+    return save_checkpoints(run_dir, model, optimizer, scheduler, (2, 4))
 
 
 def write_lock(run_dir, pid: int) -> None:

@@ -10,8 +10,7 @@ from accelerate import Accelerator
 from conftest import TINY, compose_config, run_experiment
 from lora_one import ConfigError
 from lora_one.config import validate_config
-from lora_one.init.estimators import sketched_gradient
-from lora_one.init.sketch import GradientSketch
+from lora_one.init.estimators.sketch import GradientSketch, sketched_gradient
 from lora_one.models import lora_layers
 from lora_one.models.adapters import ADAPTER
 from test_init import autograd_reference, build, gradient_init, rank_r

@@ -6,7 +6,7 @@ import hashlib
 import json
 import os
 
-from lora_one.run_dir import write_json
+from lora_one.storage import write_json
 
 MANIFEST = "manifest.json"
 

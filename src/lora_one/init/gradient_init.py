@@ -15,16 +15,12 @@ from lora_one import ConfigError
 from lora_one.manifest import write_manifest
 from lora_one.init.dora import rebuild_magnitude
 from lora_one.init.gamma_search import AUTO, check_search_config, search_gamma
-from lora_one.init.estimators import exact_full_gradient, sketched_gradient
+from lora_one.init.estimators import ESTIMATORS
 from lora_one.init.method import InitMethod, InitReport
-from lora_one.init.spectral import SCALES, SVD_METHODS, scale_factors, top_singular_triplets
-from lora_one.init.streaming import streaming_spectra
+from lora_one.init.spectral import SCALES, SVD_METHODS, scale_factors
 from lora_one.models.adapters import ADAPTER, lora_layers
-from lora_one.progress import progress
 
 log = logging.getLogger(__name__)
-
-ESTIMATORS = ("streaming", "exact", "sketch")
 
 
 class GradientInit(InitMethod):
@@ -45,12 +41,11 @@ class GradientInit(InitMethod):
         if cfg.stable_gamma == AUTO:
             if self.moves_base or cfg.scale != "stable":
                 raise ConfigError(f"init.stable_gamma=auto needs init.scale=stable and an init that keeps the base "
-                                  f"({self.name} with scale={cfg.scale}: the initial loss does not depend on γ); give a number")
+                                  f"({self.name} with scale={cfg.scale}: the initial loss does not depend on γ); "
+                                  "give a number")
             check_search_config(cfg.gamma_search)
-        elif not cfg.stable_gamma > 0:
-            raise ConfigError(f"init.stable_gamma must be > 0 or auto (got {cfg.stable_gamma})")
         if cfg.estimator not in ESTIMATORS:
-            raise ConfigError(f"init.estimator '{cfg.estimator}' is unknown; use one of {ESTIMATORS}")
+            raise ConfigError(f"init.estimator '{cfg.estimator}' is unknown; use one of {tuple(ESTIMATORS)}")
         if cfg.svd not in SVD_METHODS:
             raise ConfigError(f"init.svd '{cfg.svd}' is unknown; use one of {SVD_METHODS}")
         if cfg.checkpointing not in ("auto", True, False):
@@ -70,7 +65,8 @@ class GradientInit(InitMethod):
                               accelerator.is_main_process)
         return InitReport(layer_stats=stats, gradients=grads, extra={"gamma_search": search})
 
-    def write_adapters(self, model: PeftModel, cfg: DictConfig, spectra: dict, gamma: float | None = None) -> dict[str, dict]:
+    def write_adapters(self, model: PeftModel, cfg: DictConfig, spectra: dict,
+                       gamma: float | None = None) -> dict[str, dict]:
         """Set every adapter from its layer's (U, S, Vh, ‖G‖²_F) at γ (default `init.stable_gamma`);
         returns the per-layer statistics."""
         gamma = cfg.stable_gamma if gamma is None else gamma
@@ -94,33 +90,9 @@ def spectrum_stats(S: torch.Tensor, r: int, frobenius_sq: float) -> dict:
 
 def gradient_spectra(model: PeftModel, cfg: DictConfig, batches: list[dict], accelerator: Accelerator,
                      needed: dict[str, int], seq2seq: bool):
-    """(G per layer or None, {layer: (U, S, Vh, ‖G‖²_F)}) with the `needed[layer]` top singular triplets.
-
-    streaming: one backward, each G factorised (`svd`) the moment it is complete and freed; with
-               `save_artifacts` a CPU copy of each G is kept for init/gradients.safetensors.
-    exact:     every G accumulated first, then factorised (the reference; one m×n buffer per layer).
-    sketch:    G never formed: single-pass randomized SVD of two thin sketches (approximate)."""
-    if cfg.estimator == "sketch":
-        sketches = sketched_gradient(model, batches, accelerator, needed, cfg.oversampling, cfg.sketch_seed)
-        return None, {name: (*s.top_singular_triplets(needed[name]), s.frobenius_sq()) for name, s in sketches.items()}
-
-    def factorise(name, G):
-        return (*top_singular_triplets(G, needed[name], cfg.svd, cfg.svd_q, cfg.svd_niter), G.square().sum().item())
-
-    if cfg.estimator == "exact":
-        grads = exact_full_gradient(model, batches, accelerator)
-        layers = progress(grads.items(), desc="factorising G", unit="layer", show=accelerator.is_main_process)
-        return grads, {name: factorise(name, G) for name, G in layers}
-    kept = {} if cfg.save_artifacts else None
-
-    def factorise_and_keep(name, G):
-        if kept is not None:
-            kept[name] = G.cpu()
-        return factorise(name, G)
-
-    checkpointing = {"auto": len(batches) > accelerator.num_processes, True: True, False: False}[cfg.checkpointing]
-    spectra = streaming_spectra(model, batches, accelerator, factorise_and_keep, seq2seq, checkpointing)
-    return kept, spectra
+    """(G per layer or None, {layer: (U, S, Vh, ‖G‖²_F)}) with the `needed[layer]` top singular triplets,
+    by the estimator `init.estimator` names (init/estimators/)."""
+    return ESTIMATORS[cfg.estimator](model, cfg, batches, accelerator, needed, seq2seq)
 
 
 @torch.no_grad()
@@ -146,7 +118,8 @@ def redo_base_offset(model: PeftModel, initial_adapter: str) -> None:
                       offset_base=True)
 
 
-def save_init_artifacts(out_dir: str, grads: dict[str, torch.Tensor] | None, batches: list[dict], model: PeftModel) -> None:
+def save_init_artifacts(out_dir: str, grads: dict[str, torch.Tensor] | None, batches: list[dict],
+                        model: PeftModel) -> None:
     """init/gradients.safetensors (G per target weight), init/batches.pt (the exact batches G used)
     and init/adapter/ (the adapter before any training step). The sketch estimator never forms G
     (`grads` is None): then only the batches and the adapter are written."""

@@ -53,7 +53,7 @@ class InitMethod:
 
     def check_config(self, cfg: DictConfig) -> None:
         """Raise one ConfigError naming the first bad `init.*` setting that is not a plain number range
-        (types and ranges of numbers are checked before, by the table in lora_one/config.py)."""
+        (types and ranges of numbers are checked before, by the schema in lora_one/config_schema.py)."""
 
     def initialise(self, model: PeftModel, cfg: DictConfig, batches: list[dict] | None,
                    accelerator: Accelerator, seq2seq: bool) -> InitReport:

@@ -41,7 +41,7 @@ from lora_one import ConfigError  # noqa: E402
 from lora_one.data import encode_rows, load_splits, make_batches, make_collator  # noqa: E402
 from lora_one.data.encoding import IGNORE_INDEX  # noqa: E402
 from lora_one.init import METHODS, init_method  # noqa: E402
-from lora_one.init.estimators import backpropagate  # noqa: E402
+from lora_one.init.estimators.shared import backpropagate  # noqa: E402
 from lora_one.init.gamma_search import AUTO  # noqa: E402
 from lora_one.init.gradient_init import gradient_spectra  # noqa: E402
 from lora_one.models import add_lora_adapters, load_model, load_tokenizer, lora_layers  # noqa: E402

@@ -3,7 +3,7 @@ import logging
 import math
 import time
 from dataclasses import dataclass, field
-from typing import Callable
+from typing import Callable, Sequence
 
 import torch
 import torch.nn.functional as F
@@ -73,7 +73,7 @@ class TrainState:
     alignment: dict = field(default_factory=dict)  # the alignment diagnostics so far (AlignmentDiagnostics.points)
     tokens: int = 0  # non-padding tokens seen, all processes
     train_seconds: float = 0.0
-    interrupted: bool = False  # stopped early on request (preemption), after `after_step` saw it
+    interrupted: bool = False  # stopped early on request (preemption), after the callbacks saw it
 
     @property
     def tokens_per_s(self) -> float:
@@ -82,7 +82,7 @@ class TrainState:
 
 def train(model, optimizer, scheduler, loader, accelerator: Accelerator, total_steps: int, max_grad_norm: float,
           shuffle: torch.Generator, state: TrainState | None = None,
-          after_step: Callable[[TrainState, bool], None] | None = None,
+          callbacks: Sequence[Callable[[TrainState, bool], None]] = (),
           stop_requested: Callable[[], bool] = lambda: False, log_every: int = 0) -> TrainState:
     """Run optimizer steps until `total_steps` (each `gradient_accumulation_steps` micro-batches per
     process, cycling over epochs), continuing from `state` if given. The schedule is stepped once per
@@ -90,8 +90,9 @@ def train(model, optimizer, scheduler, loader, accelerator: Accelerator, total_s
 
     `shuffle` is the generator of the loader's shuffling: its state at the start of each epoch goes
     into the state, so a resumed run replays the same permutation and skips the batches already
-    drawn. After each step, `after_step(state, stopping)` runs on every process (logging,
-    checkpoints); `stopping` is true once any process's `stop_requested()` was, and training ends.
+    drawn. After each step, each of `callbacks(state, stopping)` runs in order on every process (logging,
+    held-out loss, checkpoints: train/callbacks.py); `stopping` is true once any process's `stop_requested()`
+    was, and training ends.
 
     Before each update the loss and the gradient norm (all-reduced: every process decides alike) must be
     finite, else NonFiniteLoss names the step and nothing is updated. The norm is computed even without
@@ -147,8 +148,8 @@ def train(model, optimizer, scheduler, loader, accelerator: Accelerator, total_s
             if accelerator.is_main_process and log_every and (state.step % log_every == 0 or state.step == total_steps):
                 log.info("step %d/%d: loss %.4f, lr %.3g, grad norm %.3g, %.0f tokens/s", state.step, total_steps,
                          state.loss[-1], state.lr[-1], grad_norm, state.tokens_per_s)
-            if after_step is not None:
-                after_step(state, stops > 0)
+            for callback in callbacks:
+                callback(state, stops > 0)
             if stops > 0:
                 state.interrupted = True
                 break

@@ -4,8 +4,14 @@
     scaled_adamw  Riemannian-preconditioned AdamW (scaled.py)     scaled_sgd  its plain-SGD variant
     lora_pro      LoRA-Pro's adjusted gradients, AdamW variant (lora_pro.py)
     loraplus      LoRA+: B's learning rate = lr_ratio × A's (PEFT's create_loraplus_optimizer)
+
+One registry, `OPTIMIZERS`, maps each `optim.name` to its builder and its settings' schema (as lora_one.init's
+METHODS does for inits) rather than a `_target_` in each YAML file: the builders need the model itself (its
+LoRA pairs; LoRA+ groups its parameters), and a `_target_` key would enter every run's recorded config.
 """
 import math
+from dataclasses import dataclass
+from typing import Callable
 
 import torch
 from omegaconf import DictConfig
@@ -14,41 +20,94 @@ from torch.optim.lr_scheduler import LambdaLR
 from transformers import get_scheduler
 
 from lora_one import ConfigError
+from lora_one.schema import Interval, above, at_least, number
 from lora_one.train.lora_pairs import find_lora_pairs
 from lora_one.train.lora_pro import LoRAProAdamW
 from lora_one.train.scaled import ScaledAdamW, ScaledSGD
 
-PAIR_OPTIMIZERS = {"scaled_adamw": ScaledAdamW, "scaled_sgd": ScaledSGD, "lora_pro": LoRAProAdamW}
-OPTIMIZERS = ("adamw", *PAIR_OPTIMIZERS, "loraplus")
+
+@dataclass
+class AdamWSettings:
+    """The schema of conf/optim/adamw.yaml; every option has these keys (its AdamW: betas, eps)."""
+
+    name: str
+    betas: tuple[float, float] = number(Interval(0, 1, open_high=True))
+    eps: float = number(at_least(0))
+    max_grad_norm: float | None = number(at_least(0), "0 or null turns clipping off")
 
 
-def check_optim_config(optim_cfg: DictConfig) -> None:
-    """One ConfigError per bad `optim` setting."""
+@dataclass
+class PairSettings(AdamWSettings):
+    """scaled_adamw, scaled_sgd, lora_pro: δ damps BᵀB and AAᵀ."""
+
+    prec_reg: float = number(at_least(0))
+
+
+@dataclass
+class LoraPlusSettings(AdamWSettings):
+    lr_ratio: float = number(above(0))
+
+
+Builder = Callable[[torch.nn.Module, DictConfig, dict], torch.optim.Optimizer]
+
+
+@dataclass(frozen=True)
+class OptimizerOption:
+    """One `optim` option: how it builds its optimizer (model, optim config, AdamW's settings) and its schema."""
+
+    build: Builder
+    settings: type
+
+
+def trainable(model: torch.nn.Module) -> list[torch.nn.Parameter]:
+    return [p for p in model.parameters() if p.requires_grad]
+
+
+def adamw(model: torch.nn.Module, optim_cfg: DictConfig, settings: dict) -> torch.optim.Optimizer:
+    return torch.optim.AdamW(trainable(model), **settings)
+
+
+def loraplus(model: torch.nn.Module, optim_cfg: DictConfig, settings: dict) -> torch.optim.Optimizer:
+    weight_decay = settings.pop("weight_decay")
+    return create_loraplus_optimizer(model, torch.optim.AdamW, loraplus_lr_ratio=optim_cfg.lr_ratio,
+                                     loraplus_weight_decay=weight_decay, **settings)
+
+
+def on_lora_pairs(optimizer_class: type) -> Builder:
+    """A builder for an optimizer of the LoRA pairs (B, A) of each adapted layer."""
+    def build(model: torch.nn.Module, optim_cfg: DictConfig, settings: dict) -> torch.optim.Optimizer:
+        pairs = find_lora_pairs(model)
+        if not pairs:
+            raise ConfigError(f"optim={optim_cfg.name} needs trainable LoRA adapters (lora_A/lora_B); "
+                              "the model has none")
+        return optimizer_class(pairs, trainable(model), optim_cfg.prec_reg, **settings)
+    return build
+
+
+# `optim.name` (conf/optim/<name>.yaml, and what results.json records) → its optimizer
+OPTIMIZERS = {
+    "adamw": OptimizerOption(adamw, AdamWSettings),
+    "scaled_adamw": OptimizerOption(on_lora_pairs(ScaledAdamW), PairSettings),
+    "scaled_sgd": OptimizerOption(on_lora_pairs(ScaledSGD), PairSettings),
+    "lora_pro": OptimizerOption(on_lora_pairs(LoRAProAdamW), PairSettings),
+    "loraplus": OptimizerOption(loraplus, LoraPlusSettings),
+}
+
+
+def optimizer_option(optim_cfg: DictConfig) -> OptimizerOption:
+    """The option `optim.name` names, or one ConfigError listing the known ones."""
     if optim_cfg.name not in OPTIMIZERS:
-        raise ConfigError(f"optim '{optim_cfg.name}' is unknown; use one of {OPTIMIZERS}")
-    if optim_cfg.name in PAIR_OPTIMIZERS and not optim_cfg.prec_reg >= 0:
-        raise ConfigError(f"optim.prec_reg must be ≥ 0 (got {optim_cfg.prec_reg})")
-    if optim_cfg.name == "loraplus" and not optim_cfg.lr_ratio > 0:
-        raise ConfigError(f"optim.lr_ratio must be > 0 (got {optim_cfg.lr_ratio})")
+        raise ConfigError(f"optim '{optim_cfg.name}' is unknown; use one of {tuple(OPTIMIZERS)}")
+    return OPTIMIZERS[optim_cfg.name]
 
 
 def build_optimizer(model: torch.nn.Module, optim_cfg: DictConfig, model_cfg: DictConfig) -> torch.optim.Optimizer:
     """The `optim` group's optimizer over the trainable parameters of the PEFT `model` (before
-    accelerator.prepare), with `model.learning_rate` and `model.weight_decay`."""
-    check_optim_config(optim_cfg)
-    adamw = dict(lr=model_cfg.learning_rate, weight_decay=model_cfg.weight_decay,
-                 betas=tuple(optim_cfg.betas), eps=optim_cfg.eps)
-    params = [p for p in model.parameters() if p.requires_grad]
-    if optim_cfg.name == "adamw":
-        return torch.optim.AdamW(params, **adamw)
-    if optim_cfg.name == "loraplus":
-        weight_decay = adamw.pop("weight_decay")
-        return create_loraplus_optimizer(model, torch.optim.AdamW, loraplus_lr_ratio=optim_cfg.lr_ratio,
-                                         loraplus_weight_decay=weight_decay, **adamw)
-    pairs = find_lora_pairs(model)
-    if not pairs:
-        raise ConfigError(f"optim={optim_cfg.name} needs trainable LoRA adapters (lora_A/lora_B); the model has none")
-    return PAIR_OPTIMIZERS[optim_cfg.name](pairs, params, optim_cfg.prec_reg, **adamw)
+    accelerator.prepare), with `model.learning_rate` and `model.weight_decay`. Its settings were checked
+    with the run config (lora_one.config.validate_config)."""
+    settings = dict(lr=model_cfg.learning_rate, weight_decay=model_cfg.weight_decay,
+                    betas=tuple(optim_cfg.betas), eps=optim_cfg.eps)
+    return optimizer_option(optim_cfg).build(model, optim_cfg, settings)
 
 
 def build_scheduler(optimizer: torch.optim.Optimizer, model_cfg: DictConfig, total_steps: int):

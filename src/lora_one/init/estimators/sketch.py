@@ -1,5 +1,5 @@
-"""The top singular triplets of a linear layer's weight gradient from two small random sketches,
-accumulated token by token during backprop, so the m×n gradient is never formed.
+"""`sketch`: the top singular triplets of each linear layer's weight gradient from two small random
+sketches, accumulated token by token during backprop, so the m×n gradient is never formed (approximate).
 
 For a linear layer y = W x (W ∈ R^{m×n}) the gradient of the loss over the tokens t is
 
@@ -9,6 +9,12 @@ so any product of G with a thin test matrix is a sum of products of thin matrice
 layer's input and output gradient, which forward/backward hooks see one micro-batch at a time.
 """
 import torch
+from accelerate import Accelerator
+from omegaconf import DictConfig
+from peft import PeftModel
+
+from lora_one.init.estimators.shared import activations_require_grad, backpropagate, frozen_pretrained
+from lora_one.models.adapters import lora_layers
 
 
 class GradientSketch:
@@ -65,3 +71,49 @@ def single_pass_svd(Y: torch.Tensor, Z: torch.Tensor, Psi: torch.Tensor, r: int)
     X = torch.linalg.lstsq(Psi.T @ Q, Z).solution
     U_small, S, Vh = torch.linalg.svd(X, full_matrices=False)
     return (Q @ U_small)[:, :r], S[:r], Vh[:r]
+
+
+def sketched_gradient(model: PeftModel, batches: list[dict], accelerator: Accelerator, ranks: dict[str, int],
+                      oversampling: int, seed: int) -> dict[str, GradientSketch]:
+    """Sketches Y = GΩ, Z = ΨᵀG of the same G as `exact_full_gradient` (estimators/exact.py), for every LoRA
+    target weight, with room for its top `ranks[name]` directions plus `oversampling`.
+
+    No weight ever requires grad (backprop computes activation gradients only). A forward hook on
+    each target layer keeps its input x (which a LoRA training step keeps too, for ∂L/∂A) and hooks
+    the output, whose gradient δ folds (x, δ) into the sketches as backprop passes. The test matrices come from one
+    generator seeded with `seed`, the same on every process; the sketches are all-reduced."""
+    layers = lora_layers(model)
+    generator = torch.Generator().manual_seed(seed)
+    sketches = {}
+    for name, layer in layers.items():
+        base = layer.get_base_layer()
+        sketches[name] = GradientSketch(base.out_features, base.in_features, ranks[name], oversampling, generator,
+                                        base.weight.device)
+
+    def watch(module, inputs, output, sketch):
+        if output.requires_grad:
+            x = inputs[0]
+            output.register_hook(lambda dy: sketch.add(x, dy))
+
+    hooks = []
+    with frozen_pretrained(model), activations_require_grad(model):
+        try:
+            for name, layer in layers.items():
+                hooks.append(layer.get_base_layer().register_forward_hook(
+                    lambda module, inputs, output, sketch=sketches[name]: watch(module, inputs, output, sketch)))
+            backpropagate(model, batches, accelerator, "one-step gradient sketch")
+        finally:
+            for hook in hooks:
+                hook.remove()
+    if accelerator.num_processes > 1:
+        for sketch in sketches.values():
+            sketch.range, sketch.corange = accelerator.reduce([sketch.range, sketch.corange], reduction="sum")
+    return sketches
+
+
+def estimate(model: PeftModel, cfg: DictConfig, batches: list[dict], accelerator: Accelerator,
+             needed: dict[str, int], seq2seq: bool):
+    """(None: G is never formed, {layer: (U, S, Vh, estimated ‖G‖²_F)}) from sketches sized by
+    `init.oversampling`, drawn with `init.sketch_seed`; the model's loss already knows `seq2seq`."""
+    sketches = sketched_gradient(model, batches, accelerator, needed, cfg.oversampling, cfg.sketch_seed)
+    return None, {name: (*s.top_singular_triplets(needed[name]), s.frobenius_sq()) for name, s in sketches.items()}

@@ -1,5 +1,5 @@
-"""The exact one-step full gradient at about a LoRA step's memory: every target weight's G is
-factorised the moment autograd has finished summing it, then freed.
+"""`streaming`: the exact one-step full gradient at about a LoRA step's memory: every target weight's G
+is factorised the moment autograd has finished summing it, then freed.
 
 The K init micro-batches are padded into ONE batch and backpropagated ONCE. Autograd then walks the
 network block by block, top down, over all K micro-batches together, so a weight's gradient is
@@ -14,8 +14,8 @@ in activations is bounded two ways:
 - the output head (vocabulary-sized logits) is evaluated one micro-batch at a time, also
   checkpointed, so the logits of one micro-batch exist at any moment, as in a LoRA training step.
 
-The loss is that of `exact_full_gradient`: (1/K) Σ_k L_k with L_k micro-batch k's mean token loss,
-written as one token-weighted sum Σ_t w_t ℓ_t with w_t = 1/(K·n_k) for the n_k labelled tokens of k.
+The loss is that of `exact_full_gradient` (estimators/exact.py): (1/K) Σ_k L_k with L_k micro-batch k's mean
+token loss, written as one token-weighted sum Σ_t w_t ℓ_t with w_t = 1/(K·n_k) for the n_k labelled tokens of k.
 """
 import contextlib
 from collections.abc import Callable
@@ -23,11 +23,12 @@ from collections.abc import Callable
 import torch
 import torch.nn.functional as F
 from accelerate import Accelerator
+from omegaconf import DictConfig
 from peft import PeftModel
 from torch.utils.checkpoint import checkpoint
 
 from lora_one.data.encoding import IGNORE_INDEX
-from lora_one.init.estimators import frozen_pretrained
+from lora_one.init.estimators.shared import frozen_pretrained, spectrum
 from lora_one.models.adapters import lora_layers
 from lora_one.progress import progress
 
@@ -81,8 +82,8 @@ def checkpointed_blocks(model: PeftModel):
     with contextlib.ExitStack() as stack:
         for block in blocks:
             original = block.forward
-            stack.enter_context(replaced_forward(
-                block, lambda *args, original=original, **kwargs: checkpoint(original, *args, use_reentrant=False, **kwargs)))
+            stack.enter_context(replaced_forward(block, lambda *args, original=original, **kwargs: checkpoint(
+                original, *args, use_reentrant=False, **kwargs)))
         yield len(blocks)
 
 
@@ -146,9 +147,9 @@ def streaming_spectra(model: PeftModel, batches: list[dict], accelerator: Accele
     device = accelerator.device
     batch, targets, weights = concatenate_micro_batches(mine, K, seq2seq)
     batch, targets, weights = {k: v.to(device) for k, v in batch.items()}, targets.to(device), weights.to(device)
+    labels = batch.pop("labels")  # the loss is computed at the head from `targets`, not by the model
     if seq2seq:
-        batch["decoder_input_ids"] = model.get_base_model().prepare_decoder_input_ids_from_labels(labels=batch["labels"])
-    del batch["labels"]
+        batch["decoder_input_ids"] = model.get_base_model().prepare_decoder_input_ids_from_labels(labels=labels)
     weights_by_name = {name: layer.get_base_layer().weight for name, layer in lora_layers(model).items()}
     spectra = {}
     show = accelerator.is_main_process
@@ -186,3 +187,19 @@ def streaming_spectra(model: PeftModel, batches: list[dict], accelerator: Accele
     if missing:
         raise RuntimeError(f"no gradient reached {sorted(missing)[:3]}: these layers do not affect the loss")
     return spectra
+
+
+def estimate(model: PeftModel, cfg: DictConfig, batches: list[dict], accelerator: Accelerator,
+             needed: dict[str, int], seq2seq: bool):
+    """(G per layer if `init.save_artifacts`, else None; {layer: (U, S, Vh, ‖G‖²_F)}), from one backward:
+    with `save_artifacts` a CPU copy of each G is kept as it completes, for init/gradients.safetensors."""
+    kept = {} if cfg.save_artifacts else None
+
+    def factorise_and_keep(name, G):
+        if kept is not None:
+            kept[name] = G.cpu()
+        return spectrum(G, needed[name], cfg)
+
+    checkpointing = {"auto": len(batches) > accelerator.num_processes, True: True, False: False}[cfg.checkpointing]
+    spectra = streaming_spectra(model, batches, accelerator, factorise_and_keep, seq2seq, checkpointing)
+    return kept, spectra

@@ -1,4 +1,5 @@
-"""Checkpoints to continue a run exactly after preemption (the signal itself: train/preemption.py).
+"""Checkpoints to continue a run exactly after preemption or Ctrl-C (the signal itself: preemption.py beside
+this module). A run talks to one `Checkpointer`; the functions below it are its parts.
 
 A checkpoint, `<run dir>/checkpoints/step_<N>/`, holds what training changes: the trainable weights (the
 adapters; with peft=none, every weight), the optimizer and schedule, every process's RNG states and the
@@ -37,7 +38,8 @@ from safetensors.torch import load_file, save_file
 from lora_one import ConfigError
 from lora_one.data.glue import glue_file
 from lora_one.manifest import MANIFEST, manifest_damage, sha256_of, write_manifest
-from lora_one.run_dir import os_error_cause, refuse_if_in_use, write_json, writing
+from lora_one.run_lock import refuse_if_in_use
+from lora_one.storage import os_error_cause, write_json, writing
 from lora_one.train.loop import TrainState
 
 log = logging.getLogger(__name__)
@@ -47,7 +49,7 @@ PREFIX = "step_"
 RESULTS = "results.json"
 # Settings that may change between a run and its resumption: bookkeeping, benchmarks, and settings that
 # change what is logged, never what is computed. Listed one by one: any other change refuses a resume.
-BOOKKEEPING_KEYS = ("resume", "checkpoint", "wandb", "eval", "cache_dir", "log_every")
+BOOKKEEPING_KEYS = ("resume", "checkpoint", "wandb", "eval", "cache_dir", "log_every", "paths")
 
 
 def training_config(cfg: DictConfig) -> dict:
@@ -265,42 +267,6 @@ def rng_states(shuffle: torch.Generator, state: TrainState) -> dict:
     }
 
 
-def save_checkpoint(run_dir: str, model, optimizer, scheduler, state: TrainState, shuffle: torch.Generator,
-                    accelerator: Accelerator, run_info: dict, keep: int, config: dict | None = None,
-                    data: dict | None = None) -> str:
-    """Write `<run_dir>/checkpoints/step_<state.step>` (every process writes its own RNG states, the
-    main process the rest), then delete all but the newest `keep` checkpoints. `run_info`: what the
-    resumed run reports about the part it skips (init statistics, losses before training); `config`:
-    the `training_config` it continues; `data`: its `training_data_digest`."""
-    root = os.path.join(run_dir, CHECKPOINTS)
-    final = os.path.join(root, f"{PREFIX}{state.step}")
-    tmp = os.path.join(root, f".tmp-{PREFIX}{state.step}")
-    if accelerator.is_main_process:
-        shutil.rmtree(tmp, ignore_errors=True)
-        os.makedirs(tmp)
-    accelerator.wait_for_everyone()
-    torch.save(rng_states(shuffle, state), os.path.join(tmp, f"rng_{accelerator.process_index}.pt"))
-    if accelerator.is_main_process:
-        with writing(final):
-            save_file(trainable_state(accelerator.unwrap_model(model)), os.path.join(tmp, "trainable.safetensors"))
-            torch.save(optimizer.state_dict(), os.path.join(tmp, "optimizer.pt"))
-            torch.save(scheduler.state_dict(), os.path.join(tmp, "scheduler.pt"))
-        trainer_state = {k: v for k, v in vars(state).items() if k not in ("epoch_shuffle_state", "interrupted")}
-        trainer_state.update(num_processes=accelerator.num_processes, run_info=run_info, config=config,
-                             training_data=data)
-        write_json(os.path.join(tmp, "trainer_state.json"), trainer_state, indent=1)
-    accelerator.wait_for_everyone()
-    if accelerator.is_main_process:
-        write_manifest(tmp)  # last: every process's files are in
-        shutil.rmtree(final, ignore_errors=True)  # the same step saved again after a resume
-        os.replace(tmp, final)
-        for step in checkpoint_steps(run_dir)[:-keep]:
-            shutil.rmtree(os.path.join(root, f"{PREFIX}{step}"))
-        log.info("checkpoint at step %d: %s", state.step, final)
-    accelerator.wait_for_everyone()
-    return final
-
-
 def read_run_info(checkpoint: str) -> dict:
     with open(os.path.join(checkpoint, "trainer_state.json")) as f:
         return json.load(f)["run_info"]
@@ -327,30 +293,144 @@ def _first_line(err: Exception) -> str:
     return next((line.strip().rstrip(".") for line in str(err).splitlines() if "GLOBAL" in line), type(err).__name__)
 
 
-def load_checkpoint(checkpoint: str, model, optimizer, scheduler, shuffle: torch.Generator,
-                    accelerator: Accelerator) -> TrainState:
-    """Restore what `save_checkpoint` wrote into the prepared model/optimizer and the schedule, and
-    this process's RNG states; returns the training state to continue from."""
-    with open(os.path.join(checkpoint, "trainer_state.json")) as f:
-        saved = json.load(f)
-    if saved["num_processes"] != accelerator.num_processes:
-        raise ConfigError(f"checkpoint {checkpoint} was written by {saved['num_processes']} processes; "
-                          f"resume it with as many (now {accelerator.num_processes})")
-    weights = load_file(os.path.join(checkpoint, "trainable.safetensors"))
-    params = {name: p for name, p in accelerator.unwrap_model(model).named_parameters() if p.requires_grad}
-    if params.keys() != weights.keys():
-        raise ConfigError(f"checkpoint {checkpoint} holds other trainable weights than this config's adapters")
-    with torch.no_grad():
-        for name, param in params.items():
-            param.copy_(weights[name])
-    optimizer.load_state_dict(load_state(os.path.join(checkpoint, "optimizer.pt")))
-    scheduler.load_state_dict(load_state(os.path.join(checkpoint, "scheduler.pt")))
-    rng = load_state(os.path.join(checkpoint, f"rng_{accelerator.process_index}.pt"))
-    random.setstate(rng["python"])
-    np.random.set_state(rng["numpy"])
-    torch.set_rng_state(rng["torch"])
-    if rng["cuda"] is not None:
-        torch.cuda.set_rng_state_all(rng["cuda"])
-    shuffle.set_state(rng["epoch_shuffle"])
-    kept = {f.name for f in fields(TrainState)} & saved.keys()  # an older checkpoint lacks newer fields
-    return TrainState(**{name: saved[name] for name in kept}, epoch_shuffle_state=rng["epoch_shuffle"])
+
+
+class Checkpointer:
+    """The checkpoints of one run directory: where a launch resumes, writing one every `every_n_steps`
+    optimizer steps, at the last step and on a stop request, keeping the newest `keep`, and loading one.
+
+    Built before the model (the resume point decides between the init and a rebuild), it is given the
+    objects a checkpoint holds once they exist (`attach`). Every process calls it alike; the main
+    process writes the shared files, each process its own RNG states."""
+
+    def __init__(self, run_dir: str, accelerator: Accelerator, keep: int = 2, every_n_steps: int = 0,
+                 config: dict | None = None, resume_from: str | None = None):
+        self.run_dir, self.accelerator = run_dir, accelerator
+        self.keep, self.every_n_steps = keep, every_n_steps
+        self.config = config  # the `training_config` a resume must agree with
+        self.resume_from = resume_from  # the checkpoint this launch continues, or None
+        self.data: dict | None = None  # the `training_data_digest` a resume must agree with
+        self.run_info: dict = {}  # what a resumed run reports about the part it skips (init, losses before training)
+        self.earlier: RecordedTraining | None = None  # the training this run must agree with (for_run)
+        self.written: list[int] = []  # steps checkpointed by this launch
+        self.model = self.optimizer = self.scheduler = self.shuffle = None
+        self.total_steps = 0
+
+    @classmethod
+    def for_run(cls, cfg: DictConfig, run_dir: str, accelerator: Accelerator) -> "Checkpointer":
+        """The run's checkpoints, resuming as `cfg.resume` says; a resume with another training config, or a
+        relaunch that would replace a finished run with another training, is refused (ConfigError)."""
+        resume_from = checkpoint_to_resume(str(cfg.resume), run_dir)
+        checkpointer = cls(run_dir, accelerator, cfg.checkpoint.keep, cfg.checkpoint.every_n_steps,
+                           training_config(cfg), resume_from)
+        checkpointer.earlier = recorded_training(resume_from, str(cfg.resume), run_dir)
+        if checkpointer.earlier is not None:
+            checkpointer.earlier.check_config(cfg)
+        return checkpointer
+
+    def check_data(self, data: dict) -> None:
+        """Record the training data's digest; a resume (or relaunch) on changed data is refused."""
+        self.data = data
+        if self.earlier is not None:
+            self.earlier.check_data(data)
+
+    def resumed_run_info(self) -> dict:
+        """What the checkpoint resumed from reports about the init it skips (init statistics, first losses)."""
+        return read_run_info(self.resume_from)
+
+    def initial_adapter(self) -> str:
+        """The initial adapter of the resumed run (an init that moved the base is redone from it), checked."""
+        path = os.path.join(run_dir_of(self.resume_from), "init", "adapter")
+        check_initial_adapter(path)
+        return path
+
+    def attach(self, model, optimizer, scheduler, shuffle: torch.Generator, run_info: dict | None = None,
+               total_steps: int = 0) -> None:
+        """The objects a checkpoint holds (prepared by Accelerate), the run's `run_info`, and its last step."""
+        self.model, self.optimizer, self.scheduler, self.shuffle = model, optimizer, scheduler, shuffle
+        self.run_info, self.total_steps = run_info or {}, total_steps
+
+    def set_aside_others(self) -> None:
+        """On the main process: move aside the run dir's checkpoints this launch does not continue."""
+        if self.accelerator.is_main_process:
+            set_aside_checkpoints(self.run_dir, self.resume_from)
+
+    def after_step(self, state: TrainState, stopping: bool) -> None:
+        """The training loop's checkpoint callback: on a stop request, every `every_n_steps` steps and at the last."""
+        every = self.every_n_steps
+        if stopping or (every > 0 and (state.step % every == 0 or state.step == self.total_steps)):
+            self.save(state)
+
+    def save_unless_saved(self, state: TrainState) -> None:
+        """A checkpoint of the finished training (a stop between the later stages), unless its last step has one."""
+        if state.step not in self.written:
+            self.save(state)
+
+    def save(self, state: TrainState) -> str:
+        """Write `<run dir>/checkpoints/step_<state.step>` into a temporary directory renamed when complete
+        (every process writes its own RNG states, the main process the rest), then delete all but the
+        newest `keep` checkpoints."""
+        accelerator = self.accelerator
+        root = os.path.join(self.run_dir, CHECKPOINTS)
+        final = os.path.join(root, f"{PREFIX}{state.step}")
+        tmp = os.path.join(root, f".tmp-{PREFIX}{state.step}")
+        if accelerator.is_main_process:
+            shutil.rmtree(tmp, ignore_errors=True)
+            os.makedirs(tmp)
+        accelerator.wait_for_everyone()
+        torch.save(rng_states(self.shuffle, state), os.path.join(tmp, f"rng_{accelerator.process_index}.pt"))
+        if accelerator.is_main_process:
+            with writing(final):
+                save_file(trainable_state(accelerator.unwrap_model(self.model)),
+                          os.path.join(tmp, "trainable.safetensors"))
+                torch.save(self.optimizer.state_dict(), os.path.join(tmp, "optimizer.pt"))
+                torch.save(self.scheduler.state_dict(), os.path.join(tmp, "scheduler.pt"))
+            trainer_state = {k: v for k, v in vars(state).items() if k not in ("epoch_shuffle_state", "interrupted")}
+            trainer_state.update(num_processes=accelerator.num_processes, run_info=self.run_info, config=self.config,
+                                 training_data=self.data)
+            write_json(os.path.join(tmp, "trainer_state.json"), trainer_state, indent=1)
+        accelerator.wait_for_everyone()
+        if accelerator.is_main_process:
+            write_manifest(tmp)  # last: every process's files are in
+            shutil.rmtree(final, ignore_errors=True)  # the same step saved again after a resume
+            os.replace(tmp, final)
+            for step in checkpoint_steps(self.run_dir)[:-self.keep]:
+                shutil.rmtree(os.path.join(root, f"{PREFIX}{step}"))
+            log.info("checkpoint at step %d: %s", state.step, final)
+        accelerator.wait_for_everyone()
+        self.written.append(state.step)
+        return final
+
+    def load(self, checkpoint: str | None = None) -> TrainState:
+        """Restore a checkpoint (default: the resume point) into the attached model, optimizer, schedule and
+        shuffle generator, and this process's RNG states; returns the training state to continue from."""
+        checkpoint = checkpoint or self.resume_from
+        accelerator = self.accelerator
+        with open(os.path.join(checkpoint, "trainer_state.json")) as f:
+            saved = json.load(f)
+        if saved["num_processes"] != accelerator.num_processes:
+            raise ConfigError(f"checkpoint {checkpoint} was written by {saved['num_processes']} processes; "
+                              f"resume it with as many (now {accelerator.num_processes})")
+        weights = load_file(os.path.join(checkpoint, "trainable.safetensors"))
+        params = {name: p for name, p in accelerator.unwrap_model(self.model).named_parameters() if p.requires_grad}
+        if params.keys() != weights.keys():
+            raise ConfigError(f"checkpoint {checkpoint} holds other trainable weights than this config's adapters")
+        with torch.no_grad():
+            for name, param in params.items():
+                param.copy_(weights[name])
+        self.optimizer.load_state_dict(load_state(os.path.join(checkpoint, "optimizer.pt")))
+        self.scheduler.load_state_dict(load_state(os.path.join(checkpoint, "scheduler.pt")))
+        rng = load_state(os.path.join(checkpoint, f"rng_{accelerator.process_index}.pt"))
+        random.setstate(rng["python"])
+        np.random.set_state(rng["numpy"])
+        torch.set_rng_state(rng["torch"])
+        if rng["cuda"] is not None:
+            torch.cuda.set_rng_state_all(rng["cuda"])
+        self.shuffle.set_state(rng["epoch_shuffle"])
+        kept = {f.name for f in fields(TrainState)} & saved.keys()  # an older checkpoint lacks newer fields
+        return TrainState(**{name: saved[name] for name in kept}, epoch_shuffle_state=rng["epoch_shuffle"])
+
+    def finish(self, keep_final: bool) -> None:
+        """A finished run (results.json written) leaves nothing to resume: its checkpoints go, unless kept."""
+        if self.accelerator.is_main_process and not keep_final:
+            remove_checkpoints(self.run_dir)
