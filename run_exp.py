@@ -110,7 +110,8 @@ class Experiment:
         questions and the init's batches, all read before any training."""
         cfg, seq2seq = self.cfg, self.cfg.model.type == "seq2seq"
         self.tokenizer = load_tokenizer(cfg.model, cfg.cache_dir)
-        self.data = prepare_data(cfg.dataset, cfg.seed, self.tokenizer, cfg.model.max_length, seq2seq)  # rows lost are counted
+        # rows lost are counted
+        self.data = prepare_data(cfg.dataset, cfg.seed, self.tokenizer, cfg.model.max_length, seq2seq)
         self.data_digest = training_data_digest(cfg.dataset, self.data.train_examples)
         self.checkpoints.check_data(self.data_digest)  # a resume on changed data is refused
         self.collate = make_collator(self.tokenizer)
@@ -262,7 +263,8 @@ class Experiment:
             "config": resolved,
             "config_digest": hashlib.sha256(json.dumps(resolved, sort_keys=True).encode()).hexdigest()[:16],
             "num_processes": self.accelerator.num_processes,
-            "training_data": self.data_digest,  # the file's sha256 (or the loaded rows'): a relaunch on other data is refused
+            # the file's sha256 (or the loaded rows'): a relaunch on other data is refused
+            "training_data": self.data_digest,
             "data": self.data.report,  # rows read, duplicates, rows dropped or truncated at model.max_length
             **parameters,
             **run_info,
@@ -277,7 +279,8 @@ class Experiment:
             "train_time_s": history.train_seconds,
             "tokens_per_s": history.tokens_per_s if history.step else None,
             "resumed_from": self.checkpoints.resume_from,
-            "base_model": base_model_record(self.cfg.model, trained.name_or_path),  # what the weights trained on really were
+            # what the weights trained on really were
+            "base_model": base_model_record(self.cfg.model, trained.name_or_path),
             **finish_diagnostics(self.diagnostics, self.out_dir, self.accelerator.is_main_process),
         }
 
@@ -356,7 +359,8 @@ def main(cfg: DictConfig) -> float:
         check_config_keys(cfg, overrides)  # a typo'd ++key, a word where a number belongs
         with RunDirLock(hydra_cfg.runtime.output_dir) if first_rank else contextlib.nullcontext():  # one run per dir
             return run(cfg, hydra_cfg.runtime.output_dir, sweep_group(overrides))["eval_loss"]
-    except (ConfigError, RunDirError, NonFiniteLoss, EvaluationError) as err:  # one line naming the culprit, no traceback
+    except (ConfigError, RunDirError, NonFiniteLoss, EvaluationError) as err:
+        # one line naming the culprit, no traceback
         raise SystemExit(f"error: {err}") from None
     except (OSError, RuntimeError) as err:  # a full disk, a read-only or vanished run dir: the path and the cause
         failure = storage_failure(err, hydra_cfg.runtime.output_dir)

@@ -15,7 +15,7 @@ from accelerate import Accelerator
 from omegaconf import OmegaConf
 
 from lora_one.config import compose_config
-from lora_one.eval import gsm8k
+from lora_one.eval import BENCHMARKS, gsm8k
 from lora_one.eval.generation import Decoding, generate
 from lora_one.models import load_model, load_tokenizer
 
@@ -31,7 +31,7 @@ def main() -> None:
     accelerator = Accelerator(cpu=True)
     tokenizer = load_tokenizer(cfg.model, cfg.cache_dir)
     model = load_model(cfg.model, tokenizer, cfg.cache_dir)
-    prompts = [item["prompt"] for item in gsm8k.load_items(task)]
+    prompts = [item["prompt"] for item in BENCHMARKS["gsm8k"].load_items(task)]
     decoding = Decoding(max_new_tokens=args.max_new_tokens, stop=gsm8k.STOP)
 
     seconds, outputs = {}, {}

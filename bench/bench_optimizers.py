@@ -39,7 +39,8 @@ def main():
     batch = {k: torch.cat([e[k] for e in examples]).to(device) for k in examples[0]}
     model.to(device).train()
     params = [p for p in model.parameters() if p.requires_grad]
-    optimizers = {name: build_optimizer(model, compose_config([f"optim={name}"]).optim, cfg.model) for name in OPTIMIZERS}
+    optimizers = {name: build_optimizer(model, compose_config([f"optim={name}"]).optim, cfg.model)
+                  for name in OPTIMIZERS}
 
     def train_step(optimizer) -> tuple[float, float]:
         """(seconds of the whole step, seconds of optimizer.step)."""
@@ -65,7 +66,8 @@ def main():
     for _ in range(args.rounds):
         for name, optimizer in optimizers.items():
             times[name].append(train_step(optimizer))
-    median = {name: (statistics.median(t for t, _ in ts), statistics.median(s for _, s in ts)) for name, ts in times.items()}
+    median = {name: (statistics.median(t for t, _ in ts), statistics.median(s for _, s in ts))
+              for name, ts in times.items()}
     base = median["adamw"][0]
     rows = [[name, median[name][0], median[name][1], median[name][0] / base, state_mb(optimizers[name]), peaks[name]]
             for name in OPTIMIZERS]

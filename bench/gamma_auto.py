@@ -20,7 +20,8 @@ def main():
     parser.add_argument("--points", type=int, default=None, help="default: the config's gamma_search.points")
     parser.add_argument("--repeats", type=int, default=1, help="interleaved rounds of both inits")
     args = parser.parse_args()
-    overrides = [f"init.gamma_search.{k}={v}" for k, v in (("batches", args.search_batches), ("points", args.points)) if v]
+    overrides = [f"init.gamma_search.{k}={v}"
+                 for k, v in (("batches", args.search_batches), ("points", args.points)) if v]
     search = compose_config(overrides).init.gamma_search
     cfg, _, model, all_batches, _ = smollm2_lora(overrides, micro_batches=args.micro_batches + search.batches)
     batches = all_batches[: args.micro_batches]  # G's; the search's are the next ones (each micro-batch: 1 example)

@@ -22,7 +22,7 @@ import torch  # noqa: E402
 from accelerate import Accelerator  # noqa: E402
 
 from lora_one.config import compose_config  # noqa: E402
-from lora_one.eval import glue  # noqa: E402
+from lora_one.eval import BENCHMARKS, glue  # noqa: E402
 from lora_one.eval.generation import map_batches, prompt_lengths  # noqa: E402
 from lora_one.models import load_model, load_tokenizer  # noqa: E402
 from test_eval_glue import per_label_log_probs  # noqa: E402  (the reference scorer, kept in the test only)
@@ -64,7 +64,7 @@ def main() -> None:
                           f"eval.glue.limit={args.rows}"])
     tokenizer = load_tokenizer(cfg.model, cfg.cache_dir)
     model = load_model(cfg.model, tokenizer, cfg.cache_dir).eval()
-    prompts = [item["prompt"] for item in glue.load_items(cfg.eval.glue)]
+    prompts = [item["prompt"] for item in BENCHMARKS["glue"].load_items(cfg.eval.glue)]
     words = list(cfg.dataset.label_names)
     accelerator = Accelerator(cpu=True)
     seconds, scores = {name: [] for name in METHODS}, {}

@@ -47,7 +47,8 @@ def main():
         q, niter = map(int, pair.split(":"))
         variants[f"streaming lowrank q={q} niter={niter}"] = {"estimator": "streaming", "svd": "lowrank", "svd_q": q,
                                                               "svd_niter": niter, "save_artifacts": True}
-    for p in [cfg.init.oversampling] if args.oversampling is None else args.oversampling:  # `--oversampling` alone: no sketch
+    # `--oversampling` alone: no sketch
+    for p in [cfg.init.oversampling] if args.oversampling is None else args.oversampling:
         variants[f"sketch p={p}"] = {"estimator": "sketch", "oversampling": p}
     rows, summary = [["exact (full SVD)", 0.0, 1.0, 1.0, 1.0, "-", exact_loss, 0.0]], {}
     for name, overrides in variants.items():

@@ -37,7 +37,8 @@ def worker(method: str, micro_batches: int) -> None:
     accelerator = Accelerator()
     device = accelerator.device
     model.to(device)
-    before = psutil.Process().memory_info().rss / 2**20 if device.type == "cpu" else torch.cuda.memory_allocated() / 2**20
+    before = (psutil.Process().memory_info().rss / 2**20 if device.type == "cpu"
+              else torch.cuda.memory_allocated() / 2**20)
     with measure(device) as usage:
         if method == "lora_step":
             lora_step(model, cfg, {k: v.to(device) for k, v in batches[0].items()})
@@ -61,9 +62,9 @@ def main():
     step = measured["lora_step"]
     rows = [[m, r["before_mb"], r["peak_mb"], r["peak_mb"] - r["before_mb"], r["peak_mb"] / step["peak_mb"]]
             for m, r in measured.items()]
-    summary = {**{f"{m}_over_lora_step": r["peak_mb"] / step["peak_mb"] for m, r in measured.items() if m != "lora_step"},
-               "target": 1.05,
-               "micro_batches": args.micro_batches, "memory": "CPU resident set" if not torch.cuda.is_available() else "CUDA max allocated"}
+    over_step = {f"{m}_over_lora_step": r["peak_mb"] / step["peak_mb"] for m, r in measured.items() if m != "lora_step"}
+    memory = "CPU resident set" if not torch.cuda.is_available() else "CUDA max allocated"
+    summary = {**over_step, "target": 1.05, "micro_batches": args.micro_batches, "memory": memory}
     report("init_memory", ["method", "before MB", "peak MB", "increment MB", "peak / LoRA step peak"], rows, summary)
 
 

@@ -60,4 +60,5 @@ for r in range(int(sys.argv[2]) if len(sys.argv) > 2 else 2):
         times[name].append(time.perf_counter() - start)
 print({k: [round(x, 2) for x in v] for k, v in times.items()})
 f, l = min(times["full"]), min(times["labelled"])
-print(f"best: full {f:.2f} s, labelled {l:.2f} s for {len(batches)} steps; labelled/full {l / f:.3f}, speed-up {f / l - 1:.1%}")
+print(f"best: full {f:.2f} s, labelled {l:.2f} s for {len(batches)} steps; "
+      f"labelled/full {l / f:.3f}, speed-up {f / l - 1:.1%}")

@@ -8,8 +8,8 @@ extra arguments are Hydra overrides of it. G is estimated once, with the top max
 triplets of every layer (its top-r ones serve every r); each cell wraps a fresh copy of the base with
 rank-r adapters and writes LoRA-One's factors at its γ (auto: the line search of
 init/gamma_search.py on the micro-batches after G's). Every finished cell is appended to
-OUT/cells.jsonl and G's triplets are kept in OUT/spectra.pt: a relaunch skips what is done. At the end OUT/gamma_rank.png (two
-heat-maps, loss / base loss) and OUT/summary.json are written.
+OUT/cells.jsonl and G's triplets are kept in OUT/spectra.pt: a relaunch skips what is done. At the
+end OUT/gamma_rank.png (two heat-maps, loss / base loss) and OUT/summary.json are written.
 """
 import argparse
 import copy

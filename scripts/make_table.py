@@ -331,8 +331,8 @@ def task_scores(results: dict) -> dict[str, tuple[str | None, str | None, float 
     neither (its held-out loss is the whole result)."""
     scores = {}
     for benchmark, metrics in (results.get("eval") or {}).items():
-        found = (metric_name(results, benchmark), metrics[metric_name(results, benchmark)]) if "main_metric" in metrics \
-            else headline(metrics)
+        found = ((metric_name(results, benchmark), metrics[metric_name(results, benchmark)])
+                 if "main_metric" in metrics else headline(metrics))
         if found is not None:
             scores[results["config"]["eval"][benchmark].get("task", benchmark)] = (benchmark, *found)
     return scores or {results["config"]["dataset"]["name"]: (None, None, None)}
@@ -365,7 +365,8 @@ def reproduction_table(task: str, entries: list[tuple[Row, str | None, str | Non
                                    published_cell(task, paper_name(row.method)),
                                    {run.results["config"]["seed"]: run.results for run in row.runs}, scores, benchmark,
                                    tuple(row.settings[i] for i in shown)) for row, benchmark, _, scores in entries]
-    lora = {row.settings: summary for (row, *_), summary in zip(entries, summaries) if paper_name(row.method) == tables.LORA}
+    lora = {row.settings: summary for (row, *_), summary in zip(entries, summaries)
+            if paper_name(row.method) == tables.LORA}
     for (row, *_), summary in zip(entries, summaries):
         if paper_name(row.method) != tables.LORA:
             summary.reference = lora.get(row.settings)

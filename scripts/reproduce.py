@@ -70,9 +70,9 @@ def cpu(args) -> None:
     recorded = study_digest()
     if recorded not in (None, code.digest) and not args.new_code_state:
         raise SystemExit(f"error: the committed records were computed by code state {recorded}, this checkout is "
-                         f"{code.digest} (commit {code.commit[:12]}): one study never mixes code states. Resume it from "
-                         f"{study_code_hint()}, then this command there; merge the records it commits back), or pass "
-                         "--new-code-state to start it again under this code")
+                         f"{code.digest} (commit {code.commit[:12]}): one study never mixes code states. "
+                         f"Resume it from {study_code_hint()}, then this command there; merge the records it "
+                         "commits back), or pass --new-code-state to start it again under this code")
     if recorded != code.digest:  # a new study: its state and the commit that re-creates its code
         STUDY_STATE.parent.mkdir(parents=True, exist_ok=True)
         STUDY_STATE.write_text(json.dumps(code.as_dict(), indent=1, sort_keys=True) + "\n")
@@ -100,7 +100,8 @@ def commit_paths(path: Path, message: str) -> None:
     if subprocess.run(["git", "-C", str(ROOT), "status", "--porcelain", "--", relative], capture_output=True,
                       text=True, check=True).stdout.strip():
         subprocess.run(["git", "-C", str(ROOT), "add", "--", relative], check=True)
-        subprocess.run(["git", "-C", str(ROOT), "commit", "--quiet", "--only", "-m", message, "--", relative], check=True)
+        subprocess.run(["git", "-C", str(ROOT), "commit", "--quiet", "--only", "-m", message, "--", relative],
+                       check=True)
 
 
 def record_reader():
@@ -193,7 +194,8 @@ def main(argv=None) -> None:
     cpu_command.add_argument("--tasks", nargs="+", choices=["sst2", "cola"],
                              help="run only these tasks' cells (the report still shows the whole study)")
     cpu_command.add_argument("--new-code-state", action="store_true",
-                             help="start the study again under this checkout's code (records of another state are ignored)")
+                             help="start the study again under this checkout's code "
+                                  "(records of another state are ignored)")
     report_command = sub.add_parser("report", help="write REPRODUCTION.md and its figures from the committed records")
     for command in (cpu_command, report_command):
         command.add_argument("--force", action="store_true",
@@ -207,7 +209,8 @@ def main(argv=None) -> None:
     table = sub.add_parser("paper", help="compose (and launch) a paper table's sweeps via the slurm launcher")
     table.add_argument("--table", required=True)
     table.add_argument("--sweep-root", default="multirun/paper", help="each sweep's hydra.sweep.dir goes under it")
-    table.add_argument("--launcher", default="slurm", help="hydra/launcher preset (slurm; local for a dry run on this machine)")
+    table.add_argument("--launcher", default="slurm",
+                       help="hydra/launcher preset (slurm; local for a dry run on this machine)")
     table.add_argument("--dry-run", action="store_true", help="print the commands, launch nothing")
     table.add_argument("overrides", nargs="*", help="added to every sweep, e.g. model.learning_rate=1e-4,2e-4")
     args = parser.parse_args(argv)

@@ -13,7 +13,7 @@ from lora_one import ConfigError
 from lora_one.data.encoding import IGNORE_INDEX, encode_example, encode_rows
 from lora_one.data.loading import to_examples
 from lora_one.data.templates import ChatPrompt
-from lora_one.eval import glue
+from lora_one.eval import BENCHMARKS, glue
 from lora_one.eval.cli import main as eval_cli
 from lora_one.models import load_tokenizer
 
@@ -152,7 +152,7 @@ def test_glue_scores_each_label_as_the_chat_target(smollm2, tmp_path):
     sentences = ["a gorgeous film .", "dull , dull , dull and far too long for what it is .", "fine ."]
     (tmp_path / "dev.tsv").write_text("sentence\tlabel\n" + "".join(f"{s}\t{i % 2}\n" for i, s in enumerate(sentences)))
     cfg = compose_config(["dataset=sst2", f"dataset.path={tmp_path}", "dataset.chat_template=true", "eval=glue"]).eval.glue
-    prompts = [item["prompt"] for item in glue.load_items(cfg)]
+    prompts = [item["prompt"] for item in BENCHMARKS["glue"].load_items(cfg)]
     torch.manual_seed(0)
     model = LlamaForCausalLM(LlamaConfig(vocab_size=len(smollm2), hidden_size=16, intermediate_size=32,
                                          num_hidden_layers=1, num_attention_heads=2, num_key_value_heads=1,

@@ -6,7 +6,7 @@ import pytest
 
 from conftest import compose_config
 from lora_one import ConfigError
-from lora_one.eval import commonsense, run_benchmark
+from lora_one.eval import BENCHMARKS, run_benchmark
 
 AVAILABLE = ["boolq", "piqa", "social_i_qa", "winogrande", "ARC-Challenge", "ARC-Easy", "openbookqa"]
 
@@ -27,7 +27,7 @@ def other_answer(gold: str) -> str:
 
 def test_gold_outputs_score_100_and_other_answers_0(shared_data, tmp_path):
     cfg = commonsense_config(shared_data, limit=30)
-    items = commonsense.load_items(cfg)
+    items = BENCHMARKS["commonsense"].load_items(cfg)
     outputs = {}
     for task in AVAILABLE:
         rows = json.load(open(shared_data / "commonsense" / task / "test.json"))
@@ -48,6 +48,6 @@ def test_gold_outputs_score_100_and_other_answers_0(shared_data, tmp_path):
 
 def test_unknown_task_and_empty_data_dir_are_named(shared_data, tmp_path):
     with pytest.raises(ConfigError, match="'siqa' is unknown"):
-        commonsense.load_items(commonsense_config(shared_data, tasks=["siqa"]))
+        BENCHMARKS["commonsense"].load_items(commonsense_config(shared_data, tasks=["siqa"]))
     with pytest.raises(ConfigError, match="no test file"):
-        commonsense.load_items(commonsense_config(shared_data, data_dir=str(tmp_path)))
+        BENCHMARKS["commonsense"].load_items(commonsense_config(shared_data, data_dir=str(tmp_path)))

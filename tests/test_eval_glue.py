@@ -16,7 +16,7 @@ from conftest import ROOT, TINY, compose_config, run_experiment
 from lora_one import ConfigError
 from lora_one.data import load_splits
 from lora_one.data.glue import read_glue_tsv
-from lora_one.eval import glue, run_benchmark
+from lora_one.eval import BENCHMARKS, glue, run_benchmark
 from lora_one.data.encoding import encode_example, make_collator
 from lora_one.eval.classification import confusion, f1_score, matthews_correlation
 from lora_one.init import METHODS
@@ -162,7 +162,8 @@ def test_scores_match_hand_computed_log_likelihoods(shared_data, tmp_path, task,
 @pytest.mark.parametrize("option", ARCHITECTURES)
 def test_batched_scores_equal_one_example_at_a_time(shared_data, option):
     model, tokenizer = tiny_model(option)
-    prompts = [item["prompt"] for item in glue.load_items(glue_config(shared_data, "qnli", "eval.glue.limit=5"))]
+    items = BENCHMARKS["glue"].load_items(glue_config(shared_data, "qnli", "eval.glue.limit=5"))
+    prompts = [item["prompt"] for item in items]
     words = ["entailment", "not_entailment"]
     one = glue.label_log_probs(model, tokenizer, prompts, words, 1, Accelerator(cpu=True))
     batched = glue.label_log_probs(model, tokenizer, prompts, words, 4, Accelerator(cpu=True))
@@ -219,7 +220,7 @@ def test_one_prompt_pass_scores_as_each_label_on_its_own(shared_data, option, ad
     if adapters != "none":
         model = with_random_adapters(model, option, adapters)
     cfg = glue_config(shared_data, "mrpc", "eval.glue.limit=6")
-    prompts, words = [item["prompt"] for item in glue.load_items(cfg)], list(cfg.dataset.label_names)
+    prompts, words = [item["prompt"] for item in BENCHMARKS["glue"].load_items(cfg)], list(cfg.dataset.label_names)
     shared = glue.label_log_probs(model, tokenizer, prompts, words, 4, Accelerator(cpu=True))
     assert_same_scores_and_predictions(shared, per_label_log_probs(model, tokenizer, prompts, words), words, abs_tol=1e-5)
 
@@ -234,7 +235,8 @@ def test_one_prompt_pass_scores_as_each_label_on_its_own_on_smollm2(shared_data,
     tokenizer = load_tokenizer(cfg.model, cfg.cache_dir)
     model = with_random_adapters(load_model(cfg.model, tokenizer, cfg.cache_dir), "smollm2_135m", "lora").double()
     glue_cfg = glue_config(shared_data, task, "eval.glue.limit=12", "eval.glue.subset_seed=0")
-    prompts, words = [item["prompt"] for item in glue.load_items(glue_cfg)], list(glue_cfg.dataset.label_names)
+    prompts = [item["prompt"] for item in BENCHMARKS["glue"].load_items(glue_cfg)]
+    words = list(glue_cfg.dataset.label_names)
     shared = glue.label_log_probs(model, tokenizer, prompts, words, 8, Accelerator(cpu=True))
     reference = [per_label_log_probs(model, tokenizer, [p], words)[0] for p in prompts]
     assert_same_scores_and_predictions(shared, reference, words, abs_tol=1e-5)
@@ -242,7 +244,7 @@ def test_one_prompt_pass_scores_as_each_label_on_its_own_on_smollm2(shared_data,
 
 def test_a_predictions_file_is_rescored(shared_data, tmp_path):
     cfg = glue_config(shared_data, "mrpc", "eval.glue.limit=5")
-    golds = [item["gold"] for item in glue.load_items(cfg)]  # MRPC dev labels 1, 0, 0, 1, 0
+    golds = [item["gold"] for item in BENCHMARKS["glue"].load_items(cfg)]  # MRPC dev labels 1, 0, 0, 1, 0
     assert golds == ["equivalent", "not_equivalent", "not_equivalent", "equivalent", "not_equivalent"]
     completions = ["equivalent", "The answer: not_equivalent", "no idea", "not_equivalent", "equivalent"]
     path = tmp_path / "p.jsonl"
@@ -261,7 +263,7 @@ def test_a_predictions_file_is_rescored(shared_data, tmp_path):
 def test_validation_split_is_carved_from_train(shared_data):
     cfg = glue_config(shared_data, "cola", "eval.glue.split=validation", "seed=3")
     held_out = load_splits(compose_config(["dataset=cola", f"dataset.path={shared_data / 'glue' / 'CoLA'}"]).dataset, 3)[1]
-    items = glue.load_items(cfg)
+    items = BENCHMARKS["glue"].load_items(cfg)
     assert [i["prompt"] for i in items] == [ex["prompt"] for ex in held_out] and len(items) == 256
     dev = {ex["prompt"] for ex in glue.dev_examples(glue_config(shared_data, "cola"))}
     assert len(dev) > 1000 and not dev & {i["prompt"] for i in items}
@@ -269,13 +271,14 @@ def test_validation_split_is_carved_from_train(shared_data):
 
 def test_bad_glue_configs_are_named(shared_data):
     with pytest.raises(ConfigError, match="'toy_math' is not a GLUE task"):
-        glue.load_items(compose_config(["eval=glue"]).eval.glue)
+        BENCHMARKS["glue"].load_items(compose_config(["eval=glue"]).eval.glue)
     with pytest.raises(ConfigError, match="is a training file"):
-        glue.load_items(glue_config(shared_data, "cola", f"eval.glue.path={shared_data / 'glue' / 'CoLA' / 'train.tsv'}"))
+        BENCHMARKS["glue"].load_items(glue_config(shared_data, "cola",
+                                                  f"eval.glue.path={shared_data / 'glue' / 'CoLA' / 'train.tsv'}"))
     with pytest.raises(ConfigError, match="split 'test' is unknown"):
-        glue.load_items(glue_config(shared_data, "cola", "eval.glue.split=test"))
+        BENCHMARKS["glue"].load_items(glue_config(shared_data, "cola", "eval.glue.split=test"))
     with pytest.raises(ConfigError, match="differs from dataset 'cola'"):
-        glue.load_items(glue_config(shared_data, "cola", "eval.glue.task=sst2"))
+        BENCHMARKS["glue"].load_items(glue_config(shared_data, "cola", "eval.glue.task=sst2"))
 
 
 def test_cli_task_picks_the_dataset_prompts(shared_data, tmp_path):

@@ -8,7 +8,7 @@ import pytest
 
 from conftest import ROOT, compose_config
 from lora_one import ConfigError
-from lora_one.eval import run_benchmark
+from lora_one.eval import BENCHMARKS, run_benchmark
 
 
 def gsm8k_config(shared_data, **changes):
@@ -38,12 +38,10 @@ def test_gold_solutions_score_100_and_shifted_ones_near_0(shared_data, tmp_path)
 
 
 def test_limit_and_seeded_subset_keep_question_ids(shared_data, tmp_path):
-    from lora_one.eval import gsm8k
-
-    first = gsm8k.load_items(gsm8k_config(shared_data, limit=5))
+    first = BENCHMARKS["gsm8k"].load_items(gsm8k_config(shared_data, limit=5))
     assert [item["id"] for item in first] == ["0", "1", "2", "3", "4"]
-    sampled = gsm8k.load_items(gsm8k_config(shared_data, limit=5, subset_seed=3))
-    assert sampled == gsm8k.load_items(gsm8k_config(shared_data, limit=5, subset_seed=3))
+    sampled = BENCHMARKS["gsm8k"].load_items(gsm8k_config(shared_data, limit=5, subset_seed=3))
+    assert sampled == BENCHMARKS["gsm8k"].load_items(gsm8k_config(shared_data, limit=5, subset_seed=3))
     assert sampled != first and [int(i["id"]) for i in sampled] == sorted(int(i["id"]) for i in sampled)
 
 

@@ -8,8 +8,7 @@ import pytest
 from conftest import TINY, compose_config, run_experiment
 from lora_one import ConfigError
 from lora_one.config import validate_config
-from lora_one.eval import EvaluationError
-from lora_one.eval import gsm8k
+from lora_one.eval import BENCHMARKS, EvaluationError
 
 QUICK = TINY[:1] + ["dataset.eval_size=4", "model.max_steps=1", "checkpoint.every_n_steps=0", "wandb.mode=disabled"]
 QUESTIONS = [{"question": "What is 2 + 2?", "answer": "2 + 2 = 4\n#### 4"},
@@ -65,7 +64,7 @@ def test_a_benchmark_failing_after_training_keeps_the_training_results(tmp_path,
     def crash(*args, **kwargs):
         raise RuntimeError("the grader crashed")
 
-    monkeypatch.setattr(gsm8k, "evaluate", crash)
+    monkeypatch.setattr(BENCHMARKS["gsm8k"], "evaluate", crash)
     path = gsm8k_file(tmp_path / "questions.jsonl", [json.dumps(q) for q in QUESTIONS])
     run_dir = tmp_path / "run"
     with pytest.raises(EvaluationError, match=r"eval gsm8k failed \(RuntimeError: the grader crashed\); "
@@ -82,7 +81,7 @@ def test_results_json_that_cannot_be_replaced_is_named_and_no_temporary_is_left(
     import errno
     import os
 
-    from lora_one.run_dir import RunDirError, write_json
+    from lora_one.storage import RunDirError, write_json
 
     def refuse(source, target):
         raise PermissionError(errno.EPERM, "Operation not permitted", source)  # the temporary file is named
@@ -113,7 +112,7 @@ def immutable(tmp_path):
 
 
 def test_an_adapter_file_that_cannot_be_written_is_one_line(tmp_path, immutable):
-    from lora_one.run_dir import RunDirError
+    from lora_one.storage import RunDirError
 
     immutable(tmp_path / "run" / "adapter" / "adapter_model.safetensors")
     with pytest.raises(RunDirError, match=r"cannot write .*run/adapter: operation not permitted \(EPERM\)"):

@@ -7,7 +7,7 @@ import pytest
 
 from conftest import compose_config
 from lora_one import ConfigError
-from lora_one.eval import humaneval, run_benchmark
+from lora_one.eval import BENCHMARKS, humaneval, run_benchmark
 
 
 def humaneval_config(**changes):
@@ -26,7 +26,7 @@ def write_predictions(path, rows):
 
 def test_canonical_solutions_pass_and_shifted_ones_fail(tmp_path):
     cfg = humaneval_config(limit=40)
-    items = humaneval.load_items(cfg)
+    items = BENCHMARKS["humaneval"].load_items(cfg)
     canonical = [(item["id"], item["canonical_solution"]) for item in items]
     gold = run_benchmark("humaneval", cfg, str(tmp_path / "gold"), predictions=write_predictions(tmp_path / "c.jsonl", canonical))
     assert gold["pass@1"] == 1.0 and gold["n_problems"] == 40
@@ -40,7 +40,7 @@ def test_canonical_solutions_pass_and_shifted_ones_fail(tmp_path):
 @pytest.mark.slow
 def test_all_164_canonical_solutions_pass(tmp_path):
     cfg = humaneval_config()
-    items = humaneval.load_items(cfg)
+    items = BENCHMARKS["humaneval"].load_items(cfg)
     metrics = run_benchmark("humaneval", cfg, str(tmp_path), predictions=write_predictions(
         tmp_path / "c.jsonl", [(item["id"], item["canonical_solution"]) for item in items]))
     assert metrics["pass@1"] == 1.0 and metrics["n_problems"] == 164
@@ -49,7 +49,7 @@ def test_all_164_canonical_solutions_pass(tmp_path):
 def test_pass_at_k_matches_the_closed_form(tmp_path):
     """12 samples each: problem 0 right once, problem 1 right 4 times."""
     cfg = humaneval_config(limit=2)
-    items = humaneval.load_items(cfg)
+    items = BENCHMARKS["humaneval"].load_items(cfg)
     wrong = "    return None\n"
     rows = [(items[0]["id"], items[0]["canonical_solution"] if s == 0 else wrong) for s in range(12)]
     rows += [(items[1]["id"], items[1]["canonical_solution"] if s < 4 else wrong) for s in range(12)]
@@ -66,7 +66,7 @@ def test_pass_at_k_matches_the_closed_form(tmp_path):
 
 def test_a_hostile_completion_fails_without_stopping_the_run(tmp_path):
     cfg = humaneval_config(limit=2, timeout_s=2.0)
-    items = humaneval.load_items(cfg)
+    items = BENCHMARKS["humaneval"].load_items(cfg)
     rows = [(items[0]["id"], "    import os\n    os.system('rm -rf ~')\n    while True:\n        pass\n"),
             (items[1]["id"], items[1]["canonical_solution"])]
     metrics = run_benchmark("humaneval", cfg, str(tmp_path), predictions=write_predictions(tmp_path / "p.jsonl", rows))
@@ -89,7 +89,7 @@ def test_the_cli_refuses_without_the_opt_in_and_scores_with_it(tmp_path):
 
     from conftest import ROOT
 
-    item = humaneval.load_items(humaneval_config(limit=1))[0]
+    item = BENCHMARKS["humaneval"].load_items(humaneval_config(limit=1))[0]
     predictions = write_predictions(tmp_path / "p.jsonl", [(item["id"], item["canonical_solution"])])
     command = [sys.executable, "eval/humaneval.py", "--predictions", predictions, "--output_dir", str(tmp_path / "out"),
                "--limit", "1"]
@@ -105,7 +105,7 @@ def test_the_cli_refuses_without_the_opt_in_and_scores_with_it(tmp_path):
 
 def test_several_greedy_samples_are_refused():
     with pytest.raises(ConfigError, match="temperature"):
-        humaneval.decoding(humaneval_config(num_samples=10, temperature=0.0))
+        BENCHMARKS["humaneval"].decoding(humaneval_config(num_samples=10, temperature=0.0))
 
 
 def test_stop_sequences_end_the_function_body():

@@ -10,7 +10,7 @@ from accelerate import Accelerator
 
 from conftest import compose_config
 from lora_one import ConfigError
-from lora_one.eval import mmlu, run_benchmark
+from lora_one.eval import BENCHMARKS, run_benchmark
 from test_eval_generation import ARCHITECTURES, tiny_model
 
 SUBJECTS = {"abstract_algebra": "STEM", "virology": "other"}
@@ -38,19 +38,19 @@ def mmlu_config(data_dir, **changes):
 
 def test_csv_layout_and_prompts(tmp_path):
     data = write_csv_set(tmp_path / "mmlu")
-    zero = mmlu.load_items(mmlu_config(data, shots=0))
+    zero = BENCHMARKS["mmlu"].load_items(mmlu_config(data, shots=0))
     assert [i["id"] for i in zero] == [f"{s}/{n}" for s in SUBJECTS for n in range(3)]
     assert [i["gold"] for i in zero[:3]] == ["A", "B", "C"]
     assert zero[0]["prompt"] == ("The following are multiple choice questions (with answers) about abstract algebra.\n\n"
                                  "abstract_algebra test question 0, with a comma?\nA. a0\nB. b0\nC. c0\nD. d0\nAnswer:")
-    five = mmlu.load_items(mmlu_config(data, shots=5))
+    five = BENCHMARKS["mmlu"].load_items(mmlu_config(data, shots=5))
     shots = five[0]["prompt"].split("\n\n")[1:-1]
     assert len(shots) == 5 and shots[1].endswith("Answer: B") and shots[4].startswith("abstract_algebra dev question 4")
     assert five[0]["prompt"].endswith(zero[0]["prompt"].split("\n\n", 1)[1])
     with pytest.raises(ConfigError, match="6-shot needs 6 dev questions"):
-        mmlu.load_items(mmlu_config(data, shots=6))
+        BENCHMARKS["mmlu"].load_items(mmlu_config(data, shots=6))
     with pytest.raises(ConfigError, match="'astronomy' has no test questions"):
-        mmlu.load_items(mmlu_config(data, subjects=["astronomy"]))
+        BENCHMARKS["mmlu"].load_items(mmlu_config(data, subjects=["astronomy"]))
 
 
 def test_bad_csv_row_is_named(tmp_path):
@@ -58,7 +58,7 @@ def test_bad_csv_row_is_named(tmp_path):
     with open(data / "test" / "virology_test.csv", "a") as f:
         f.write("question,a,b,c,d,E\n")
     with pytest.raises(ConfigError, match="virology_test.csv: line 4"):
-        mmlu.load_items(mmlu_config(data, shots=0))
+        BENCHMARKS["mmlu"].load_items(mmlu_config(data, shots=0))
 
 
 def first_answer_logits(model, tokenizer, prompt: str) -> list[float]:

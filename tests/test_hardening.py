@@ -393,10 +393,10 @@ def test_cli_names_a_hub_dataset_missing_offline(tmp_path, overrides, message):
 
 
 def test_mmlu_data_dir_without_questions_is_refused_before_work(tmp_path):
-    from lora_one.eval import mmlu
+    from lora_one.eval import BENCHMARKS
 
     with pytest.raises(ConfigError, match=rf"^eval.mmlu.data_dir '{tmp_path}' has no test/\*_test.csv$"):
-        mmlu.check_config(compose_config(["eval=mmlu", f"eval.mmlu.data_dir={tmp_path}"]).eval.mmlu)
+        BENCHMARKS["mmlu"].check_config(compose_config(["eval=mmlu", f"eval.mmlu.data_dir={tmp_path}"]).eval.mmlu)
 
 
 # --- progress in run_exp.log -------------------------------------------------------------------------
@@ -416,7 +416,7 @@ def test_long_stages_log_their_progress(tmp_path, caplog):
 
 def test_gsm8k_from_the_hub_offline_is_one_line_naming_the_local_setting(monkeypatch):
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
-    from lora_one.eval import gsm8k
+    from lora_one.eval import BENCHMARKS
 
     with pytest.raises(ConfigError, match=r"openai/gsm8k.*eval\.gsm8k\.path"):
-        gsm8k.load_items(compose_config(["eval=gsm8k", "eval.gsm8k.path=null"]).eval.gsm8k)
+        BENCHMARKS["gsm8k"].load_items(compose_config(["eval=gsm8k", "eval.gsm8k.path=null"]).eval.gsm8k)

@@ -23,7 +23,7 @@ from lora_one import ConfigError
 from lora_one.train.checkpointing import Checkpointer, checkpoint_training, checkpoint_to_resume, latest_checkpoint, \
     training_config
 from lora_one.data import encode_rows, load_splits, make_batches
-from lora_one.eval import EvaluationError, gsm8k
+from lora_one.eval import BENCHMARKS, EvaluationError
 from lora_one.init import METHODS, init_method, redo_base_offset, save_initial_adapter
 from lora_one.models import add_lora_adapters, load_model, load_tokenizer
 from lora_one.train import train
@@ -112,7 +112,7 @@ def test_a_finished_run_removes_its_checkpoints_but_a_failed_benchmark_keeps_the
         raise RuntimeError("grader down")
 
     with monkeypatch.context() as patch:
-        patch.setattr(gsm8k, "evaluate", grader_down)
+        patch.setattr(BENCHMARKS["gsm8k"], "evaluate", grader_down)
         with pytest.raises(EvaluationError, match="grader down"):
             run_experiment(overrides, tmp_path / "run")
     assert (tmp_path / "run" / "results.json").exists()

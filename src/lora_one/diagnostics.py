@@ -64,7 +64,8 @@ class AlignmentDiagnostics:
         self.layers: dict[str, dict[str, list]] = {name: {"cos_B": [], "cos_A": [], "norm": []} for name in references}
 
     @classmethod
-    def at_pretrained(cls, model, cfg: DictConfig, batches: list[dict], accelerator: Accelerator) -> "AlignmentDiagnostics":
+    def at_pretrained(cls, model, cfg: DictConfig, batches: list[dict],
+                      accelerator: Accelerator) -> "AlignmentDiagnostics":
         """G's top-r singular vectors at the pretrained `model` (not yet wrapped): wrapped with zero-B
         LoRA adapters of `cfg.peft` for the estimator's layer list, then unwrapped."""
         log.info("alignment diagnostics: G's top singular vectors at the pretrained weights…")  # its progress follows

@@ -24,7 +24,8 @@ def os_error_cause(err: BaseException, directory: str) -> str:
     """What went wrong, in words: the errno's name and text; a full disk is reported as such even by
     writers that lose the errno (torch.save, safetensors), from the free space left."""
     code = getattr(err, "errno", None) or lost_errno(err)
-    lost_errno_disk_full = code is None and ("No space left on device" in str(err) or free_bytes(directory) < LOW_SPACE_BYTES)
+    lost_errno_disk_full = code is None and ("No space left on device" in str(err)
+                                             or free_bytes(directory) < LOW_SPACE_BYTES)
     if code == errno.ENOSPC or lost_errno_disk_full:
         return DISK_FULL
     if code == errno.EDQUOT:

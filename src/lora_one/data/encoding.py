@@ -11,7 +11,8 @@ from lora_one.data.templates import ChatPrompt
 IGNORE_INDEX = -100  # label value the loss skips
 
 
-def encode_example(tokenizer: PreTrainedTokenizerBase, prompt: str, response: str, max_length: int, seq2seq: bool) -> dict:
+def encode_example(tokenizer: PreTrainedTokenizerBase, prompt: str, response: str, max_length: int,
+                   seq2seq: bool) -> dict:
     """`full_example` truncated to `max_length` tokens."""
     return truncate(full_example(tokenizer, prompt, response, seq2seq), max_length)
 

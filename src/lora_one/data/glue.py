@@ -42,7 +42,8 @@ def glue_file(path: str, default_name: str) -> str:
 def read_glue_tsv(task: str, path: str) -> list[dict]:
     """Rows of one GLUE TSV file of `task` as {hub column: value}, the label as its integer index."""
     if task not in LAYOUTS:
-        raise ConfigError(f"'{path}' is a GLUE TSV, but dataset '{task}' is not a GLUE task; use one of {sorted(LAYOUTS)}")
+        raise ConfigError(f"'{path}' is a GLUE TSV, but dataset '{task}' is not a GLUE task; "
+                          f"use one of {sorted(LAYOUTS)}")
     if not os.path.isfile(path):
         raise ConfigError(f"GLUE file '{path}' does not exist")
     check_data_file(path)
@@ -52,7 +53,8 @@ def read_glue_tsv(task: str, path: str) -> list[dict]:
     data = lines[first_line - 1:]
     missing = [name for name in layout.fields.values() if name not in header]
     if missing:
-        raise ConfigError(f"{path}: line 1 has no column '{missing[0]}' ({task} needs {sorted(layout.fields.values())})")
+        raise ConfigError(f"{path}: line 1 has no column '{missing[0]}' "
+                          f"({task} needs {sorted(layout.fields.values())})")
     position = {hub: header.index(name) for hub, name in layout.fields.items()}
     rows = []
     for number, fields in enumerate(data, first_line):

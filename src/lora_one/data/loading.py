@@ -31,7 +31,8 @@ def load_raw_rows(cfg: DictConfig, seed: int) -> tuple[list[dict], str]:
         check_data_file(path)
         ext = os.path.splitext(path)[1].lower()
         if ext not in LOCAL_FORMATS:
-            raise ConfigError(f"dataset.path '{cfg.path}': unsupported extension {ext!r}; use one of {sorted(LOCAL_FORMATS)}")
+            raise ConfigError(f"dataset.path '{cfg.path}': unsupported extension {ext!r}; "
+                              f"use one of {sorted(LOCAL_FORMATS)}")
         if ext == ".jsonl":  # read here, so that row N is line N in every error
             return read_jsonl(path), path
         import datasets
@@ -69,7 +70,8 @@ def reaching_hub(hub_id: str, config: str | None, split: str, local_setting: str
         offline = ", HF_HUB_OFFLINE=1" if datasets.config.HF_HUB_OFFLINE else ""
         cause = " ".join(str(err).split())  # one line
         raise ConfigError(f"hub dataset '{hub_id}' (config {config}, split {split}) is neither cached nor reachable "
-                          f"({cause}{offline}): download it once with network, or set {local_setting} to a local copy") from err
+                          f"({cause}{offline}): download it once with network, "
+                          f"or set {local_setting} to a local copy") from err
 
 
 def to_examples(rows: list[dict], cfg: DictConfig, source: str) -> list[dict[str, str]]:
@@ -88,7 +90,8 @@ def to_examples(rows: list[dict], cfg: DictConfig, source: str) -> list[dict[str
         for placeholder, column in columns.items():
             value = row.get(column)
             if value is None and placeholder not in optional:
-                raise ConfigError(f"{source}: {row_name(source, idx)} has no field '{column}' (dataset.columns.{placeholder})")
+                raise ConfigError(f"{source}: {row_name(source, idx)} has no field '{column}' "
+                                  f"(dataset.columns.{placeholder})")
             if isinstance(value, (dict, list)):
                 raise ConfigError(f"{source}: {row_name(source, idx)} field '{column}' holds a "
                                   f"{'dict' if isinstance(value, dict) else 'list'} where text is expected "

@@ -1,5 +1,9 @@
-"""Benchmarks of a trained model: GSM8K, HumanEval (sandboxed), commonsense reasoning, MMLU, GLUE.
-Standalone through eval/*.py, or after training through the `eval` config group of run_exp.py."""
-from lora_one.eval.runner import BENCHMARKS, EvaluationError, load_evaluator_items, run_benchmark, run_evaluators
+"""Benchmarks of a trained model: GSM8K, HumanEval (sandboxed, lora_one.sandbox), commonsense reasoning, MMLU,
+GLUE, one module per benchmark, found by name in BENCHMARKS. Standalone through `lora-one-eval <task>` (or
+eval/<task>.py), or after training through the `eval` config group of run_exp.py."""
+# Each module registers its benchmark; this order is BENCHMARKS' order (that of the settings checks in lora_one.config).
+from lora_one.eval import gsm8k, humaneval, commonsense, mmlu, glue  # noqa: F401
+from lora_one.eval.benchmark import BENCHMARKS, Benchmark
+from lora_one.eval.runner import EvaluationError, load_evaluator_items, run_benchmark, run_evaluators
 
-__all__ = ["BENCHMARKS", "EvaluationError", "load_evaluator_items", "run_benchmark", "run_evaluators"]
+__all__ = ["BENCHMARKS", "Benchmark", "EvaluationError", "load_evaluator_items", "run_benchmark", "run_evaluators"]

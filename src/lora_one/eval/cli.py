@@ -1,7 +1,8 @@
-"""The command line of eval/*.py: the task's options come from its conf/eval/<task>.yaml (one
-`--option value` each, defaults as there), plus the model, an optional PEFT adapter, a predictions
-file to score instead of a model, and where to write the results."""
+"""The command line `lora-one-eval <task> [options]` (and eval/<task>.py, the same for one task): the task's
+options come from its conf/eval/<task>.yaml (one `--option value` each, defaults as there), plus the model, an
+optional PEFT adapter, a predictions file to score instead of a model, and where to write the results."""
 import argparse
+import inspect
 import json
 import logging
 import os
@@ -17,7 +18,8 @@ from omegaconf import DictConfig, OmegaConf
 
 from lora_one import ConfigError
 from lora_one.config import compose_config, conf_dir
-from lora_one.eval.runner import BENCHMARKS, output_name, predictions_path, run_benchmark
+from lora_one.eval.benchmark import BENCHMARKS
+from lora_one.eval.runner import benchmark_named, predictions_path, run_benchmark
 from lora_one.models import load_model, load_tokenizer
 from lora_one.models.model_card import base_model_record
 
@@ -25,11 +27,12 @@ log = logging.getLogger(__name__)
 
 # Task options that follow the run's own config by interpolation (${seed}, ${dataset}): no CLI flag.
 FROM_RUN_CONFIG = ("seed", "dataset")
+COMMAND = "lora-one-eval"  # the console script (pyproject.toml's [project.scripts])
 INTERPOLATED_KEY = re.compile(r"\$\{([\w.]+)\}")  # ${paths.data_dir}/gsm8k/test.jsonl: paths.data_dir
 
 
-def build_parser(task: str, defaults: DictConfig) -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(description=f"Evaluate a model on {task}.")
+def build_parser(task: str, defaults: DictConfig, prog: str | None = None) -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog=prog, description=f"Evaluate a model on {task}.")
     parser.add_argument("--model", default="smollm2_135m", help="a merged model directory, a hub id, or a "
                         "conf/model option such as smollm2_135m (the default) or tiny_llama")
     parser.add_argument("--adapter", help="a PEFT adapter directory to apply to --model")
@@ -62,8 +65,7 @@ def task_config(task: str, args: argparse.Namespace) -> DictConfig:
     """The run config with `eval=<task>` and the chosen model, the command line's values applied."""
     model_option = args.model if (conf_dir() / "model" / f"{args.model}.yaml").exists() else None
     overrides = [f"eval={task}", f"seed={args.seed}"] + ([f"model={model_option}"] if model_option else [])
-    cli_overrides = getattr(BENCHMARKS[task], "cli_overrides", None)  # e.g. glue: --task picks the dataset config
-    overrides += (cli_overrides(args) if cli_overrides else []) + args.overrides
+    overrides += benchmark_named(task).cli_overrides(args) + args.overrides  # e.g. glue: --task picks the dataset
     cfg = compose_config(overrides)
     if model_option is None:  # a path or hub id, read with the default model config's settings
         cfg.model.path = args.model
@@ -110,7 +112,7 @@ def limit_hint(task: str, task_cfg: DictConfig, path: str) -> str:
     `--limit N` whose questions it answers (the first N of gsm8k, humaneval, glue; of each subject or task
     of mmlu and commonsense), else how --limit chooses them; "" for any other error."""
     answered = answered_ids(path)
-    benchmark = BENCHMARKS[task]
+    benchmark = benchmark_named(task)
     if answered is None or {item["id"] for item in benchmark.load_items(task_cfg)} <= answered:
         return ""
     limited = task_cfg.copy()
@@ -130,11 +132,14 @@ def answered_ids(path: str) -> set[str] | None:
         return None
 
 
-def main(task: str, argv: list[str] | None = None) -> dict:
+def main(task: str, argv: list[str] | None = None, prog: str | None = None) -> dict:
+    """Evaluate on `task` as the command line `argv` (default: sys.argv[1:]) says; `prog` is the command as typed
+    before those options (default: the script's name, `gsm8k.py`), shown in --help and recorded in the results."""
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
     defaults = compose_config([f"eval={task}"]).eval[task]
-    args = build_parser(task, defaults).parse_args(argv)
+    parser = build_parser(task, defaults, prog)
+    args = parser.parse_args(argv)
     start = time.perf_counter()
     try:
         cfg = task_config(task, args)
@@ -156,13 +161,34 @@ def main(task: str, argv: list[str] | None = None) -> dict:
     except ConfigError as err:
         raise SystemExit(f"error: {err}") from None
     if accelerator is None or accelerator.is_main_process:
+        name = benchmark_named(task).output_name(task_cfg)
         summary = {"task": task, "metrics": metrics, "wall_time_s": time.perf_counter() - start,
-                   "command": " ".join([os.path.basename(sys.argv[0])] + (argv if argv is not None else sys.argv[1:])),
+                   "command": " ".join([parser.prog] + (argv if argv is not None else sys.argv[1:])),
                    **source,
                    "num_processes": accelerator.num_processes if accelerator else 1,
-                   "predictions_out": predictions_path(args.output_dir, output_name(task, task_cfg)),
+                   "predictions_out": predictions_path(args.output_dir, name),
                    "config": OmegaConf.to_container(task_cfg, resolve=True)}
-        with open(os.path.join(args.output_dir, f"{output_name(task, task_cfg)}_results.json"), "w") as f:
+        with open(os.path.join(args.output_dir, f"{name}_results.json"), "w") as f:
             json.dump(summary, f, indent=2)
         print(json.dumps({"task": task, "metrics": metrics, "wall_time_s": round(summary["wall_time_s"], 1)}, indent=2))
     return metrics
+
+
+def eval_command(argv: list[str] | None = None) -> None:
+    """`lora-one-eval <task> [options]`: `main` for the task named first. Returns nothing, as a console script's
+    function must (its return value would become the exit status)."""
+    parser = argparse.ArgumentParser(
+        prog=COMMAND, formatter_class=argparse.RawDescriptionHelpFormatter,
+        description=f"Evaluate a model on a benchmark; `{COMMAND} <task> --help` lists the task's options and "
+                    "their defaults (conf/eval/<task>.yaml).", epilog=task_list())
+    parser.add_argument("task", choices=list(BENCHMARKS), metavar="task", help="one of the tasks below")
+    parser.add_argument("options", nargs=argparse.REMAINDER, help=f"the task's options ({COMMAND} <task> --help)")
+    args = parser.parse_args(argv)
+    main(args.task, args.options, prog=f"{COMMAND} {args.task}")
+
+
+def task_list() -> str:
+    """The tasks, each with the first line of its benchmark's description."""
+    width = max(map(len, BENCHMARKS))
+    return "tasks:\n" + "\n".join(f"  {task:<{width}}  {inspect.getdoc(benchmark).splitlines()[0]}"
+                                   for task, benchmark in BENCHMARKS.items())

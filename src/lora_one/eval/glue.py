@@ -36,6 +36,7 @@ from lora_one import ConfigError
 from lora_one.data.encoding import IGNORE_INDEX, encode_example
 from lora_one.data.glue import glue_file, read_glue_tsv
 from lora_one.data.loading import load_raw_rows, load_splits, to_examples
+from lora_one.eval.benchmark import Benchmark, register
 from lora_one.eval.classification import f1_score, matthews_correlation
 from lora_one.eval.generation import map_batches, prompt_lengths
 from lora_one.eval.records import read_completions, select
@@ -46,29 +47,6 @@ TASK_METRICS = {"sst2": ("accuracy",), "cola": ("matthews_correlation",), "mrpc"
                 "qnli": ("accuracy",), "mnli": ("accuracy",)}
 NO_TRUNCATION = 2**62  # encode_example's max_length when the whole prompt must be read
 SPLITS = ("dev", "validation")
-
-
-def cli_overrides(args) -> list[str]:
-    """eval/glue.py --task cola also composes `dataset=cola`: its prompt template and label words."""
-    return [f"dataset={args.task}"] if args.task else []
-
-
-def output_name(cfg) -> str:
-    """Files are named after the GLUE task: cola_predictions.jsonl."""
-    return str(cfg.task)
-
-
-def check_config(cfg) -> None:
-    dataset = cfg.dataset
-    if cfg.task not in TASK_METRICS:
-        raise ConfigError(f"eval.glue.task '{cfg.task}' is not a GLUE task; use one of {sorted(TASK_METRICS)}"
-                          " (it follows dataset.name; eval/glue.py takes --task)")
-    if cfg.task != dataset.name:
-        raise ConfigError(f"eval.glue.task '{cfg.task}' differs from dataset '{dataset.name}', whose prompts it would use")
-    if not dataset.label_names:
-        raise ConfigError(f"eval.glue: dataset '{dataset.name}' has no label_names (the label words to score)")
-    if cfg.split not in SPLITS:
-        raise ConfigError(f"eval.glue.split '{cfg.split}' is unknown; use one of {SPLITS}")
 
 
 def dev_examples(cfg) -> list[dict]:
@@ -84,13 +62,6 @@ def dev_examples(cfg) -> list[dict]:
     hub_dev = OmegaConf.merge(dataset, {"path": None, "split": dataset.dev_split})
     rows, source = load_raw_rows(hub_dev, seed=0)
     return to_examples(rows, dataset, source)
-
-
-def load_items(cfg) -> list[dict]:
-    check_config(cfg)
-    examples = dev_examples(cfg) if cfg.split == "dev" else load_splits(cfg.dataset, cfg.seed)[1]
-    items = [{"id": str(idx), "prompt": ex["prompt"], "gold": ex["response"]} for idx, ex in enumerate(examples)]
-    return select(items, cfg.limit, cfg.subset_seed)
 
 
 @torch.no_grad()
@@ -170,14 +141,46 @@ def score(cfg, items: list[dict], completions: list[str], log_probs: list[list[l
     return metrics, records
 
 
-def evaluate(cfg, items, model, tokenizer, accelerator):
-    """(metrics, records) on the main process, (None, None) on the others."""
-    label_words = list(cfg.dataset.label_names)
-    log_probs = label_log_probs(model, tokenizer, [item["prompt"] for item in items], label_words, cfg.batch_size,
-                                accelerator)
-    chosen = [label_words[max(range(len(label_words)), key=lambda k: sum(per_label[k]))] for per_label in log_probs]
-    return score(cfg, items, chosen, log_probs) if accelerator.is_main_process else (None, None)
+@register
+class GLUE(Benchmark):
+    """SST-2, CoLA, MRPC, QNLI, MNLI dev sets, scored by the log-likelihood of each label word."""
 
+    name = "glue"
 
-def score_file(cfg, items, path: str):
-    return score(cfg, items, [outs[0] for outs in read_completions(path, items)])
+    def cli_overrides(self, args) -> list[str]:
+        """eval/glue.py --task cola also composes `dataset=cola`: its prompt template and label words."""
+        return [f"dataset={args.task}"] if args.task else []
+
+    def output_name(self, cfg) -> str:
+        """Files are named after the GLUE task: cola_predictions.jsonl."""
+        return str(cfg.task)
+
+    def check_config(self, cfg) -> None:
+        dataset = cfg.dataset
+        if cfg.task not in TASK_METRICS:
+            raise ConfigError(f"eval.glue.task '{cfg.task}' is not a GLUE task; use one of {sorted(TASK_METRICS)}"
+                              " (it follows dataset.name; eval/glue.py takes --task)")
+        if cfg.task != dataset.name:
+            raise ConfigError(f"eval.glue.task '{cfg.task}' differs from dataset '{dataset.name}', "
+                              "whose prompts it would use")
+        if not dataset.label_names:
+            raise ConfigError(f"eval.glue: dataset '{dataset.name}' has no label_names (the label words to score)")
+        if cfg.split not in SPLITS:
+            raise ConfigError(f"eval.glue.split '{cfg.split}' is unknown; use one of {SPLITS}")
+
+    def load_items(self, cfg) -> list[dict]:
+        self.check_config(cfg)
+        examples = dev_examples(cfg) if cfg.split == "dev" else load_splits(cfg.dataset, cfg.seed)[1]
+        items = [{"id": str(idx), "prompt": ex["prompt"], "gold": ex["response"]} for idx, ex in enumerate(examples)]
+        return select(items, cfg.limit, cfg.subset_seed)
+
+    def evaluate(self, cfg, items, model, tokenizer, accelerator):
+        label_words = list(cfg.dataset.label_names)
+        log_probs = label_log_probs(model, tokenizer, [item["prompt"] for item in items], label_words,
+                                    cfg.batch_size, accelerator)
+        chosen = [label_words[max(range(len(label_words)), key=lambda k: sum(per_label[k]))]
+                  for per_label in log_probs]
+        return score(cfg, items, chosen, log_probs) if accelerator.is_main_process else (None, None)
+
+    def score_file(self, cfg, items, path):
+        return score(cfg, items, [outs[0] for outs in read_completions(path, items)])

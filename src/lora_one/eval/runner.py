@@ -9,18 +9,17 @@ from typing import Callable
 from accelerate.utils import broadcast_object_list
 
 from lora_one import ConfigError
-from lora_one.eval import commonsense, glue, gsm8k, humaneval, mmlu
+from lora_one.eval.benchmark import BENCHMARKS, Benchmark
 from lora_one.eval.records import write_records
 
 log = logging.getLogger(__name__)
 
-BENCHMARKS = {"gsm8k": gsm8k, "humaneval": humaneval, "commonsense": commonsense, "mmlu": mmlu, "glue": glue}
 
-
-def output_name(task: str, cfg) -> str:
-    """The stem of a benchmark's files: its name, or the one its module derives from its config (glue: cola)."""
-    name_of = getattr(BENCHMARKS[task], "output_name", None)
-    return name_of(cfg) if name_of else task
+def benchmark_named(task: str) -> Benchmark:
+    """The benchmark `task` names, or one ConfigError listing the known ones."""
+    if task not in BENCHMARKS:
+        raise ConfigError(f"eval task '{task}' is unknown; use some of {sorted(BENCHMARKS)}")
+    return BENCHMARKS[task]
 
 
 def predictions_path(out_dir: str, name: str) -> str:
@@ -35,9 +34,7 @@ def run_benchmark(task: str, cfg, out_dir: str, model=None, tokenizer=None, acce
                   predictions: str | None = None, items: list[dict] | None = None) -> dict:
     """Metrics of one benchmark: of the model's answers, or of the completions in `predictions`; on
     `items` when they were loaded already, else on those its config names."""
-    if task not in BENCHMARKS:
-        raise ConfigError(f"eval task '{task}' is unknown; use some of {sorted(BENCHMARKS)}")
-    benchmark = BENCHMARKS[task]
+    benchmark = benchmark_named(task)
     start = time.perf_counter()
     items = benchmark.load_items(cfg) if items is None else items
     log.info("%s: %d questions…", task, len(items))  # its progress follows (lora_one.progress), then its metrics
@@ -46,7 +43,7 @@ def run_benchmark(task: str, cfg, out_dir: str, model=None, tokenizer=None, acce
     else:
         metrics, records = benchmark.evaluate(cfg, items, model, tokenizer, accelerator)
     if records is not None:  # the main process
-        write_records(predictions_path(out_dir, output_name(task, cfg)), records)
+        write_records(predictions_path(out_dir, benchmark.output_name(cfg)), records)
         metrics["seconds"] = time.perf_counter() - start
         log.info("%s: %s", task, {k: v for k, v in metrics.items() if not isinstance(v, dict)})
     if accelerator is not None and accelerator.num_processes > 1:
@@ -58,17 +55,13 @@ def check_eval_config(eval_cfg) -> None:
     """Before any work: every configured benchmark is known and its settings pass its own check
     (e.g. HumanEval's opt-in to run model code, GLUE's task matching the dataset)."""
     for task in eval_cfg:
-        if task not in BENCHMARKS:
-            raise ConfigError(f"eval task '{task}' is unknown; use some of {sorted(BENCHMARKS)}")
-        check = getattr(BENCHMARKS[task], "check_config", None)
-        if check is not None:
-            check(eval_cfg[task])
+        benchmark_named(task).check_config(eval_cfg[task])
 
 
 def load_evaluator_items(eval_cfg) -> dict[str, list[dict]]:
     """Every configured benchmark's questions, read before training starts: a missing, empty or
     malformed file stops the run before its first step instead of after its last."""
-    items = {task: BENCHMARKS[task].load_items(eval_cfg[task]) for task in eval_cfg}
+    items = {task: benchmark_named(task).load_items(eval_cfg[task]) for task in eval_cfg}
     for task, questions in items.items():
         if not questions:
             raise ConfigError(f"eval.{task}: no questions to score (check its data file and settings)")

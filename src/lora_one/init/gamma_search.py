@@ -25,7 +25,8 @@ AUTO = "auto"
 
 def check_search_config(search: DictConfig) -> None:
     if search.batches < 1 or search.points < 2:
-        raise ConfigError(f"init.gamma_search.batches must be ≥ 1 and points ≥ 2 (got {search.batches}, {search.points})")
+        raise ConfigError(f"init.gamma_search.batches must be ≥ 1 and points ≥ 2 "
+                          f"(got {search.batches}, {search.points})")
     if not 0 < search.min < search.max:
         raise ConfigError(f"init.gamma_search needs 0 < min < max (got {search.min}, {search.max})")
 

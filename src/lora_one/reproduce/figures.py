@@ -90,8 +90,8 @@ def plot_grid(runs, path: Path) -> bool:
             ax.plot([r for r, _ in points], [loss for _, loss in points], "o-", label=method)
     ax.set_xscale("log")
     ax.set_yscale("log")
-    ax.set(title=f"{runs.task.name}: learning-rate grid, mean held-out loss over the tuning seeds", xlabel="learning rate",
-           ylabel="held-out loss (log scale)")
+    ax.set(title=f"{runs.task.name}: learning-rate grid, mean held-out loss over the tuning seeds",
+           xlabel="learning rate", ylabel="held-out loss (log scale)")
     save_with_legend(fig, ax, path)
     return True
 

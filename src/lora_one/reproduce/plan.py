@@ -3,15 +3,16 @@ seeds, then five seeds at the chosen rate). A cell is one run: its Hydra overrid
 the plan and the committed records alone decide what is finished.
 
 Why this size (`cpu_study`; `Study.sizing` says it in REPRODUCTION.md): 100 steps, the issue's
-estimate of what lets LoRA's held-out loss flatten (the seed runs' curves will show it); 5 seeds, paired, resolve held-out-loss differences of a few per cent; tuning on 128
-held-out rows at 2 seeds keeps the choice off the seed noise; the issue asks for the whole dev sets.
+estimate of what lets LoRA's held-out loss flatten (the seed runs' curves will show it); 5 seeds,
+paired, resolve held-out-loss differences of a few per cent; tuning on 128 held-out rows at 2 seeds
+keeps the choice off the seed noise; the issue asks for the whole dev sets.
 Its cost, measured on one core: a SmolLM2 LoRA step of 4 x 64 tokens takes 0.85 s on a quiet machine,
 a held-out pass over 128 rows about 9 s, and scoring a dev row about 0.35 s quiet (estimated: one pass
-over a chat prompt of about 70 tokens at 40 GFLOP/s; measured 0.6 s per row under load, where the first init-only cells took
-11-12 min, 8.5 of them scoring 872 rows). So a tuning cell costs about 2.2 min and a trained seed
-cell about 8 min: the 152 cells come to about 12 worker-hours, 6 h in two workers on a quiet machine,
-over the issue's 150 min. A study therefore spans sittings: each finished cell's record is
-committed, and the same command resumes on any machine (more cores: `--workers N`).
+over a chat prompt of about 70 tokens at 40 GFLOP/s; measured 0.6 s per row under load, where the
+first init-only cells took 11-12 min, 8.5 of them scoring 872 rows). So a tuning cell costs about
+2.2 min and a trained seed cell about 8 min: the 152 cells come to about 12 worker-hours, 6 h in two
+workers on a quiet machine, over the issue's 150 min. A study therefore spans sittings: each finished
+cell's record is committed, and the same command resumes on any machine (more cores: `--workers N`).
 """
 from dataclasses import dataclass, field
 
@@ -46,7 +47,7 @@ class Study:
     seeds: tuple[int, ...]
     tuning_seeds: tuple[int, ...]        # a rate's held-out loss is the mean over these seeds
     curve_every: int = 0                 # seed runs: the held-out loss every N steps (0: after the init and at the end)
-    grid_extensions: int = 0             # a rate chosen at the grid's edge adds the next rate beyond it, this many times
+    grid_extensions: int = 0             # a rate chosen at the grid's edge adds the next one beyond it, this many times
     threads: int = 1                     # torch threads of every cell (the numbers depend on it)
     sizing: dict = field(default_factory=dict)  # in words, for REPRODUCTION.md
 
@@ -135,12 +136,13 @@ def cell_count(study: Study) -> int:
     return (tuning + len(study.methods) * len(study.seeds)) * len(study.tasks)
 
 
-def glue_task(name: str, folder: str, max_length: int, train_rows: int, held_out: int, steps: int, dev_rows: int) -> Task:
+def glue_task(name: str, folder: str, max_length: int, train_rows: int, held_out: int, steps: int,
+              dev_rows: int) -> Task:
     """A GLUE task of the study: trained on a subset of train.tsv in the chat template, selected on rows
     held out of it, scored on the whole dev set."""
-    return Task(name, (f"dataset={name}", f"dataset.path=${{paths.data_dir}}/glue/{folder}", "dataset.chat_template=true",
-                       f"dataset.max_train_samples={train_rows}", f"dataset.eval_size={held_out}",
-                       f"model.max_length={max_length}", f"model.max_steps={steps}"),
+    return Task(name, (f"dataset={name}", f"dataset.path=${{paths.data_dir}}/glue/{folder}",
+                       "dataset.chat_template=true", f"dataset.max_train_samples={train_rows}",
+                       f"dataset.eval_size={held_out}", f"model.max_length={max_length}", f"model.max_steps={steps}"),
                 "glue", ("eval=glue", "eval.glue.split=dev"), f"the whole dev set ({dev_rows} rows)")
 
 
@@ -177,15 +179,18 @@ def cpu_study() -> Study:
         curve_every=curve_every,
         grid_extensions=2,
         threads=1,
-        sizing={"model": "SmolLM2-135M-Instruct (the offline Q4_1 GGUF, de-quantised), fp32, CPU, one torch thread per run",
-                "prompts": "the tokenizer's chat template (dataset.chat_template=true): the sentence as the user's turn, "
-                           "ending with the label words to answer with; the label word as the assistant's turn",
+        sizing={"model": "SmolLM2-135M-Instruct (the offline Q4_1 GGUF, de-quantised), fp32, CPU, "
+                         "one torch thread per run",
+                "prompts": "the tokenizer's chat template (dataset.chat_template=true): the sentence as the "
+                           "user's turn, ending with the label words to answer with; the label word as the "
+                           "assistant's turn",
                 "adapters": "LoRA r=8, alpha=16 on q_proj and v_proj (peft=qv); Full FT trains every weight",
                 "training": f"{steps} optimizer steps, batch {batch}, cosine schedule, 3 % warm-up, from a subset of "
                             f"{train_rows} training rows; max_length 64",
-                "gradient init": "G from 2 × 4 examples, randomized SVD (q=32, 4 power iterations); PiSSA: PEFT's pissa_niter_4",
-                "learning rates": "a grid per method family (three rates ×4 apart), extended by one rate beyond an edge "
-                                  "choice, at most twice",
+                "gradient init": "G from 2 × 4 examples, randomized SVD (q=32, 4 power iterations); "
+                                 "PiSSA: PEFT's pissa_niter_4",
+                "learning rates": "a grid per method family (three rates ×4 apart), extended by one rate beyond "
+                                  "an edge choice, at most twice",
                 "selection": f"lowest mean held-out loss over tuning seeds 11 and 12, on {held_out} rows kept out of "
                              "the training file (dataset.eval_size; never dev); the seed runs use other seeds",
                 "loss curves": f"seed runs: the held-out loss after the init and every {curve_every} steps",

@@ -27,9 +27,9 @@ from lora_one.reproduce.plan import Cell
 COMPUTE_PATHS = ("run_exp.py", "conf", "src/lora_one")
 NOT_COMPUTE = ("src/lora_one/reproduce/",)
 # What a record keeps of results.json: the report's inputs, and what a reviewer checks a number against.
-RESULT_KEYS = ("config_digest", "init_method", "trainable_params", "total_params", "eval_loss_base", "eval_loss_after_init",
-               "eval_loss", "eval_loss_curve", "train_loss_curve", "final_train_loss", "steps", "train_time_s",
-               "init_time_s", "eval", "provenance")
+RESULT_KEYS = ("config_digest", "init_method", "trainable_params", "total_params", "eval_loss_base",
+               "eval_loss_after_init", "eval_loss", "eval_loss_curve", "train_loss_curve", "final_train_loss", "steps",
+               "train_time_s", "init_time_s", "eval", "provenance")
 
 
 @dataclass(frozen=True)
@@ -43,7 +43,8 @@ class CodeState:
 
 
 def git(repo: Path, *args: str) -> str:
-    return subprocess.run(["git", "-C", str(repo), *args], capture_output=True, text=True, check=True, timeout=60).stdout
+    return subprocess.run(["git", "-C", str(repo), *args], capture_output=True, text=True, check=True,
+                          timeout=60).stdout
 
 
 def compute_files(repo: Path) -> list[str]:
@@ -57,7 +58,8 @@ def code_state(repo: Path) -> CodeState:
     for path in compute_files(repo):
         digest.update(path.encode() + b"\0" + (repo / path).read_bytes() + b"\0")
     commit = git(repo, "rev-parse", "HEAD").strip()
-    dirty = bool(git(repo, "status", "--porcelain", "--", *COMPUTE_PATHS, *(f":(exclude){p}" for p in NOT_COMPUTE)).strip())
+    dirty = bool(git(repo, "status", "--porcelain", "--", *COMPUTE_PATHS,
+                     *(f":(exclude){p}" for p in NOT_COMPUTE)).strip())
     return CodeState(digest.hexdigest()[:16], commit, dirty)
 
 
@@ -141,7 +143,8 @@ def degenerate(record: dict, benchmark: str) -> bool:
 
 def wall_seconds(record: dict) -> float:
     times = record["provenance"]
-    return (datetime.datetime.fromisoformat(times["end"]) - datetime.datetime.fromisoformat(times["start"])).total_seconds()
+    start, end = datetime.datetime.fromisoformat(times["start"]), datetime.datetime.fromisoformat(times["end"])
+    return (end - start).total_seconds()
 
 
 def curve(record: dict) -> list[tuple[int, float]]:

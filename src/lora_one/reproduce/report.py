@@ -48,7 +48,8 @@ class TaskRuns:
         return next((m for m in self.methods if m.method == method and m.runs), None)
 
 
-def collect(study: Study, record_of: Callable[[Cell], dict | None], label_words: Callable[[str], list[str]]) -> list[TaskRuns]:
+def collect(study: Study, record_of: Callable[[Cell], dict | None],
+            label_words: Callable[[str], list[str]]) -> list[TaskRuns]:
     """The finished cells (`record_of` a cell → its record or None), arranged by task and method, the
     rates chosen as the runner chooses them."""
     tasks = []
@@ -102,8 +103,9 @@ def rate_text(method: MethodRuns) -> str:
 
 def row_summary(method: MethodRuns, runs: TaskRuns) -> tables.RowSummary:
     lora = runs.of(LORA)
-    return tables.RowSummary(method.method, rate_text(method), published_cell(runs.task.name, method.method), method.runs,
-                             method.values(metric(runs.task.benchmark)), runs.task.benchmark, planned=method.planned,
+    return tables.RowSummary(method.method, rate_text(method), published_cell(runs.task.name, method.method),
+                             method.runs, method.values(metric(runs.task.benchmark)), runs.task.benchmark,
+                             planned=method.planned,
                              reference=None if lora is None or lora is method else row_summary(lora, runs))
 
 
@@ -127,7 +129,8 @@ def per_seed_table(runs: TaskRuns) -> str:
                 continue
             loss = held_out(record)
             text = f"{metric(runs.task.benchmark)(record):.2f} / {'diverged' if loss is None else f'{loss:.4f}'}"
-            cells.append(text + (" (one class)" if runs.task.benchmark == "glue" and degenerate(record, "glue") else ""))
+            one_class = runs.task.benchmark == "glue" and degenerate(record, "glue")
+            cells.append(text + (" (one class)" if one_class else ""))
         lines.append(f"| {method.method} | " + " | ".join(cells) + " |")
     label = tables.metric_label(task_metric(runs))
     return f"<details><summary>Per seed: {label} / held-out loss</summary>\n\n" + "\n".join(lines) + "\n\n</details>\n"
@@ -149,8 +152,8 @@ def tuning_table(runs: TaskRuns, tuning_seeds: tuple[int, ...]) -> str:
         lines.append(f"| {method.method} | " + " | ".join(cells) + " |")
     seeds = ", ".join(str(s) for s in tuning_seeds)
     at_edge = [m.method for m in trained if m.learning_rate is not None and "grid edge" in rate_text(m)]
-    note = (f"\nChosen at the grid's edge after its extensions, so the best rate may lie beyond it: {', '.join(at_edge)}.\n"
-            if at_edge else "")
+    note = (f"\nChosen at the grid's edge after its extensions, so the best rate may lie beyond it: "
+            f"{', '.join(at_edge)}.\n" if at_edge else "")
     return (f"Learning-rate selection: the held-out loss (rows kept out of the training file, never dev or test), "
             f"mean over tuning seeds {seeds}; the chosen rate in bold.\n\n" + "\n".join(lines) + "\n" + note)
 
@@ -163,7 +166,8 @@ def curve_table(runs: TaskRuns) -> str:
         return ""
     target = statistics.fmean(runs.of(LORA).values(held_out).values())
     lines = [f"Target: LoRA's final mean held-out loss, {target:.4f}. A step is the first evaluated step at or below "
-             "it on the method's mean curve over seeds (so a crossing lies within one evaluation interval before it).\n",
+             "it on the method's mean curve over seeds "
+             "(so a crossing lies within one evaluation interval before it).\n",
              "| method | first step at target | held-out loss averaged over training |", "|---|---:|---:|"]
     for method in (m for m in runs.methods if m.runs):
         points = mean_curve(list(method.runs.values()))
@@ -187,8 +191,8 @@ def verdict_init_alone(runs: TaskRuns) -> str:
     difference = stats.paired_difference(init, base)
     verdict = "yes (resolved)" if difference.resolved and difference.high < 0 else \
         "no (resolved: higher)" if difference.resolved else "not resolved"
-    return (f"(a) init alone lowers held-out loss: **{verdict}**: base {statistics.fmean(base.values()):.4f} → after the "
-            f"LoRA-One init, no step {statistics.fmean(init.values()):.4f}; paired difference "
+    return (f"(a) init alone lowers held-out loss: **{verdict}**: base {statistics.fmean(base.values()):.4f} "
+            f"→ after the LoRA-One init, no step {statistics.fmean(init.values()):.4f}; paired difference "
             f"{tables.paired_text(difference, 4)} over {difference.n} seeds.")
 
 
@@ -206,8 +210,8 @@ def verdict_speed(runs: TaskRuns, curve_every: int) -> str:
     if one_step is None:
         return f"{claim}: LoRA-One **does not reach** {target:.4f}; LoRA reaches it at step {lora_step} ({resolution})."
     ratio = f"{one_step / lora_step:.2f}×" if lora_step else "–"
-    return (f"{claim}: LoRA-One at step **{one_step}**, LoRA at step **{lora_step}** (ratio {ratio}; target {target:.4f}, "
-            f"LoRA's mean final held-out loss; {resolution}).")
+    return (f"{claim}: LoRA-One at step **{one_step}**, LoRA at step **{lora_step}** "
+            f"(ratio {ratio}; target {target:.4f}, LoRA's mean final held-out loss; {resolution}).")
 
 
 def verdict_ranking(runs: TaskRuns) -> str:
@@ -220,7 +224,8 @@ def verdict_ranking(runs: TaskRuns) -> str:
     parts = []
     for row in others:
         difference = stats.paired_difference(row.scores, row.reference.scores)
-        word = ("better" if difference.mean > 0 else "worse") + " (resolved)" if difference.resolved else "tie (not resolved)"
+        word = (("better" if difference.mean > 0 else "worse") + " (resolved)" if difference.resolved
+                else "tie (not resolved)")
         parts.append(f"{row.method} {word}, {tables.paired_text(difference, 2)}"
                      + (f", {row.one_class} of {len(row.runs)} runs one-class" if row.one_class else ""))
     text = "(c) benchmark vs LoRA, paired over seeds: " + "; ".join(parts) + "."
@@ -243,10 +248,10 @@ def provenance_lines(records: list[dict]) -> list[str]:
         return ", ".join(f"{v} ({n} runs)" if len(counts) > 1 else str(v) for v, n in sorted(counts.items()))
 
     provenance = [r["provenance"] for r in records]
-    return [f"- code: state {counted(r['code']['digest'] for r in records)}, computed at commit "
-            f"{counted(r['code']['commit'][:12] + (' + uncommitted changes' if r['code']['dirty'] else '') for r in records)}",
-            f"- machine: {counted(machine(p) for p in provenance)}; kernels pinned: "
-            f"{counted(', '.join(f'{k}={v}' for k, v in sorted((r.get('kernels') or {}).items())) or 'none' for r in records)}",
+    commits = [r["code"]["commit"][:12] + (" + uncommitted changes" if r["code"]["dirty"] else "") for r in records]
+    kernels = [", ".join(f"{k}={v}" for k, v in sorted((r.get("kernels") or {}).items())) or "none" for r in records]
+    return [f"- code: state {counted(r['code']['digest'] for r in records)}, computed at commit {counted(commits)}",
+            f"- machine: {counted(machine(p) for p in provenance)}; kernels pinned: {counted(kernels)}",
             f"- python {counted(p['python'] for p in provenance)}; "
             f"{counted(', '.join(f'{k} {v}' for k, v in sorted(p['packages'].items()) if v) for p in provenance)}",
             f"- runs from {min(p['start'] for p in provenance)} to {max(p['end'] for p in provenance)}"]
@@ -266,7 +271,8 @@ def status_lines(study: Study, tasks: list[TaskRuns]) -> list[str]:
     lines = [f"- tuning runs finished: {finished_tuning} of {planned_tuning} (the grids as extended so far); "
              f"seed runs finished: {finished_final} of {planned_final}",
              "- missing: " + ("; ".join(missing) if missing else "nothing: every cell is filled from real runs")]
-    trained = [r for t in tasks for r in t.tuning_records + [r for m in t.methods for r in m.runs.values()] if r.get("steps")]
+    trained = [r for t in tasks for r in t.tuning_records + [r for m in t.methods for r in m.runs.values()]
+               if r.get("steps")]
     if trained:
         per_step = statistics.fmean(r["train_time_s"] / r["steps"] for r in trained)
         lines.append(f"- pace: {per_step:.2f} s per optimizer step (mean over {len(trained)} trained runs)")
@@ -274,7 +280,8 @@ def status_lines(study: Study, tasks: list[TaskRuns]) -> list[str]:
 
 
 def task_section(runs: TaskRuns, study: Study, figures: dict[str, str]) -> str:
-    parts = [f"## {runs.task.name}\n", f"Scored on {runs.task.evaluated_on}. ✓: a paired 95 % interval that excludes 0.\n",
+    parts = [f"## {runs.task.name}\n",
+             f"Scored on {runs.task.evaluated_on}. ✓: a paired 95 % interval that excludes 0.\n",
              task_table(runs), per_seed_table(runs), tuning_table(runs, study.tuning_seeds), curve_table(runs),
              "Verdicts:\n",
              "\n".join(f"- {line}" for line in (verdict_init_alone(runs), verdict_speed(runs, study.curve_every),
@@ -329,15 +336,16 @@ def records_in_report(markdown: Path) -> int:
 
 
 def write_reproduction(study: Study, record_of: Callable[[Cell], dict | None], label_words: Callable[[str], list[str]],
-                       markdown_path: Path, figure_dir: Path, extra_sections: list[str] = (), force: bool = False) -> list[Path]:
+                       markdown_path: Path, figure_dir: Path, extra_sections: list[str] = (),
+                       force: bool = False) -> list[Path]:
     """REPRODUCTION.md and its figures (per task with finished runs: the grid, the loss curves, the
     metric). Refuses to replace a report built from more records, unless `force`."""
     tasks = collect(study, record_of, label_words)
     records = [r for t in tasks for r in t.tuning_records + [r for m in t.methods for r in m.runs.values()]]
     before = records_in_report(markdown_path)
     if len(records) < before and not force:
-        raise ValueError(f"{markdown_path.name} holds {before} records, these {len(records)}: refusing to replace it with "
-                         "less (pass --force to)")
+        raise ValueError(f"{markdown_path.name} holds {before} records, these {len(records)}: "
+                         "refusing to replace it with less (pass --force to)")
     figure_dir.mkdir(parents=True, exist_ok=True)
     figures, written = {}, []
     for runs in tasks:

@@ -119,7 +119,8 @@ def tuning_plan(study: Study, task: Task, records: Callable[[Cell], dict | None]
             unfinished = [cell for cell in tuning_cells(study, task, {method.name: grid}) if cell.method == method.name
                           and records(cell) is None]
             losses = grid_losses(study, task, records, {method.name: grid})[method.name]
-            extended = extended_grid(grid, best_rate(losses), study.grid_extensions - len(grid) + len(study.first_grid(method)))
+            extensions_left = study.grid_extensions - len(grid) + len(study.first_grid(method))
+            extended = extended_grid(grid, best_rate(losses), extensions_left)
             if unfinished or extended == grid:
                 break
             grid = extended
@@ -135,7 +136,8 @@ def choose_learning_rates(study: Study, task: Task, records: Callable[[Cell], di
     return {name: best_rate(losses) for name, losses in grid_losses(study, task, records, grids).items()}
 
 
-def plan_finals(study: Study, task: Task, store: Store, progress: Progress) -> tuple[dict[str, float | None], list[Cell]]:
+def plan_finals(study: Study, task: Task, store: Store,
+                progress: Progress) -> tuple[dict[str, float | None], list[Cell]]:
     """Once the task's tuning runs are over: choose each method's rate, say so, and plan the seed runs;
     a method left without a rate has no seed runs, so the progress total drops them."""
     grids, _ = tuning_plan(study, task, store.record)
@@ -180,10 +182,12 @@ def tune(study: Study, tasks: list[Task], store: Store, run_cells: Callable[[lis
          progress: Progress) -> None:
     """The tasks' tuning runs, round by round while grids extend. A failed run is not tried again in this
     call (its method's grid stays unfinished, so the method gets no seed runs; a later call retries it)."""
-    announce_finished([c for task in tasks for c in tuning_cells(study, task, tuning_plan(study, task, store.record)[0])],
+    announce_finished([c for task in tasks
+                       for c in tuning_cells(study, task, tuning_plan(study, task, store.record)[0])],
                       store, progress)
     failed: list[Cell] = []
-    while pending := [cell for task in tasks for cell in tuning_plan(study, task, store.record)[1] if cell not in failed]:
+    while pending := [cell for task in tasks for cell in tuning_plan(study, task, store.record)[1]
+                      if cell not in failed]:
         failed += run_cells(pending)
 
 
@@ -218,7 +222,8 @@ def run_study_in_pool(study: Study, store: Store, run_fn: RunFn, progress: Progr
         first = untrained_cells(study, list(study.tasks))
         run_cells(announce_finished(first, store, progress))
         tune(study, list(study.tasks), store, run_cells, progress)
-        finals = [cell for task in study.tasks for cell in plan_finals(study, task, store, progress)[1] if cell not in first]
+        finals = [cell for task in study.tasks for cell in plan_finals(study, task, store, progress)[1]
+                  if cell not in first]
         run_cells(announce_finished(finals, store, progress))
 
 

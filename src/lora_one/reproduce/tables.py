@@ -77,8 +77,9 @@ def markdown(rows: list[RowSummary], metric: str, rate_header: str, settings: tu
              baseline: tuple[str, float, int] | None = None) -> str:
     """A task's table: the header (`metric` as metric_label names it, a column per setting after the
     method), the majority-class baseline (label, metric, rows) when given, then the rows."""
-    header = ["method", *settings, rate_header, f"{metric}, mean ± std", "Δ vs LoRA, paired [95 % CI]", "held-out loss",
-              "Δ loss vs LoRA, paired [95 % CI]", "one-class runs", "steps", "wall time per run", "published, paper scale"]
+    header = ["method", *settings, rate_header, f"{metric}, mean ± std", "Δ vs LoRA, paired [95 % CI]",
+              "held-out loss", "Δ loss vs LoRA, paired [95 % CI]", "one-class runs", "steps", "wall time per run",
+              "published, paper scale"]
     lines = ["| " + " | ".join(header) + " |", "|---|" + "---|" * len(settings) + "---:|" * 8 + "---|"]
     if baseline is not None:
         label, value, _ = baseline

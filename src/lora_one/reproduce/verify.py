@@ -11,7 +11,8 @@ from lora_one.reproduce.plan import FINAL, TUNE, Cell, Study, final_cells, tunin
 from lora_one.reproduce.records import KERNEL_SETTINGS, CodeState, make_record
 from lora_one.reproduce.runner import choose_learning_rates, run_cell, tuning_plan
 
-NOT_RESULTS = ("provenance", "train_time_s", "init_time_s", "seconds", "code", "kernels", "cell", "overrides")  # times: not results
+# times: not results
+NOT_RESULTS = ("provenance", "train_time_s", "init_time_s", "seconds", "code", "kernels", "cell", "overrides")
 
 
 def planned_cells(study: Study, record_of: Callable[[Cell], dict | None]) -> list[Cell]:
@@ -19,7 +20,8 @@ def planned_cells(study: Study, record_of: Callable[[Cell], dict | None]) -> lis
     cells = []
     for task in study.tasks:
         grids, _ = tuning_plan(study, task, record_of)
-        cells += tuning_cells(study, task, grids) + final_cells(study, task, choose_learning_rates(study, task, record_of, grids))
+        rates = choose_learning_rates(study, task, record_of, grids)
+        cells += tuning_cells(study, task, grids) + final_cells(study, task, rates)
     return cells
 
 
@@ -36,7 +38,8 @@ def pick_cells(cells: list[Cell], record_of: Callable[[Cell], dict | None], name
                              else "error: the study has no finished cell yet")
         return [by_name[name] for name in names]
     draw = random.Random(seed)
-    kinds = [[c for c in finished if c.stage == TUNE], [c for c in finished if c.stage == FINAL and c.learning_rate is not None],
+    kinds = [[c for c in finished if c.stage == TUNE],
+             [c for c in finished if c.stage == FINAL and c.learning_rate is not None],
              [c for c in finished if c.stage == FINAL and c.learning_rate is None]]
     chosen = [draw.choice(kind) for kind in kinds if kind][:sample]
     rest = [c for c in finished if c not in chosen]

@@ -78,7 +78,8 @@ def spectral_starts(task: LinearTask, config: TheoryConfig, gaussian: np.ndarray
             "random": random_init(gaussian, config.k, config.spectral_random_variance)}
 
 
-def spectral_experiment(task: LinearTask, config: TheoryConfig, starts: dict[str, Start], reference: np.ndarray) -> dict:
+def spectral_experiment(task: LinearTask, config: TheoryConfig, starts: dict[str, Start],
+                        reference: np.ndarray) -> dict:
     optimizers = {"gd": partial(gd_step, lr=config.spectral_lr),
                   "precgd": partial(precgd_step, lr=config.spectral_lr, damping=config.damping)}
     results = {}

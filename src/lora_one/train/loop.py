@@ -44,7 +44,8 @@ def causal_lm_loss(model, batch) -> torch.Tensor:
     at the positions whose next token some row labels (`logits_to_keep`): a GLUE row labels 1-3 of ~60
     tokens, and SmolLM2's head is ~20 % of its forward. Same loss and gradients (bench/README.md)."""
     labels = batch["labels"]
-    following = torch.cat([labels[:, 1:], torch.full_like(labels[:, :1], IGNORE_INDEX)], dim=1)  # what each position predicts
+    # what each position predicts
+    following = torch.cat([labels[:, 1:], torch.full_like(labels[:, :1], IGNORE_INDEX)], dim=1)
     keep = (following != IGNORE_INDEX).any(dim=0).nonzero().squeeze(-1)
     logits = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"], logits_to_keep=keep).logits
     return F.cross_entropy(logits.float().flatten(0, 1), following[:, keep].flatten(), ignore_index=IGNORE_INDEX)
@@ -125,8 +126,8 @@ def train(model, optimizer, scheduler, loader, accelerator: Accelerator, total_s
                     continue
                 grad_norm = float(accelerator.clip_grad_norm_(params, max_grad_norm or math.inf))
                 # one collective per step: loss, tokens and the stop flag of every process
-                local = torch.tensor([float(window_loss / window_batches), float(window_tokens), float(stop_requested())],
-                                     dtype=torch.float64, device=accelerator.device)
+                local = torch.tensor([float(window_loss / window_batches), float(window_tokens),
+                                      float(stop_requested())], dtype=torch.float64, device=accelerator.device)
                 step_loss, step_tokens, stops = accelerator.reduce(local, reduction="sum").tolist()
                 step_loss /= accelerator.num_processes
                 if not (math.isfinite(step_loss) and math.isfinite(grad_norm)):

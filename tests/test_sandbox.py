@@ -12,9 +12,9 @@ from concurrent.futures import ThreadPoolExecutor
 
 import pytest
 
-from lora_one.eval import sandbox, sandbox_child
-from lora_one.eval.sandbox import (MODE_VARIABLE, MODES, SHARED_TMP, UID_BASE, Limits, Sample, SandboxError,
-                                   run_sample, sandbox_mode)
+from lora_one.sandbox import (MODE_VARIABLE, MODES, Limits, Sample, SandboxError, confined, run_sample, sandbox_mode,
+                              supervisor)
+from lora_one.sandbox.supervisor import SHARED_TMP, UID_BASE
 
 LIMITS = Limits(timeout_s=5.0, memory_mb=512, disk_mb=4, max_files=64)
 AS_ROOT = os.geteuid() == 0
@@ -134,17 +134,17 @@ def test_wrong_answers_cannot_fake_a_pass(mode, host, completion):
 
 def test_only_plain_builtin_values_cross_and_they_come_back_equal():
     value = [1, True, None, 2.5, float("inf"), "s", b"\x00b", (1, (2,)), {1: {"a": [3]}}, {4, 5}, frozenset({6}), 1j]
-    decoded = sandbox_child.decode(sandbox_child.encode(value))
+    decoded = confined.decode(confined.encode(value))
     assert decoded == value and [type(v) for v in decoded] == [type(v) for v in value]
-    assert type(decoded[7]) is tuple and type(sandbox_child.decode(sandbox_child.encode(True))) is bool
+    assert type(decoded[7]) is tuple and type(confined.decode(confined.encode(True))) is bool
 
     class Int(int):
         pass
 
     with pytest.raises(TypeError, match="not a plain builtin value"):
-        sandbox_child.encode([Int(3)])
+        confined.encode([Int(3)])
     with pytest.raises(ValueError, match="unknown tag"):
-        sandbox_child.decode(["Equal", []])
+        confined.decode(["Equal", []])
 
 
 @pytest.mark.skipif(not AS_ROOT, reason="needs a file the sandbox's uid cannot read, i.e. root and another uid")
@@ -252,7 +252,7 @@ def sandbox_processes() -> list[int]:
             cmdline = open(f"/proc/{pid}/cmdline", "rb").read()
         except OSError:  # gone meanwhile
             continue
-        if sandbox.CHILD_SCRIPT.encode() in cmdline:
+        if supervisor.CHILD_SCRIPT.encode() in cmdline:
             pids.append(int(pid))
     return pids
 
@@ -262,7 +262,7 @@ def test_no_process_outlives_its_sample(mode):
     escape = ("import ctypes, os, signal, time\nctypes.CDLL(None).prctl(1, 0, 0, 0, 0)\n"
               "signal.signal(signal.SIGTERM, signal.SIG_IGN)\nos.setsid()\ntime.sleep(600)\n")
     outcome, seconds = run(RIGHT + escape, Limits(timeout_s=2.0))
-    assert outcome.status == "timed out" and seconds < 2.0 + sandbox.SHIM_GRACE_S
+    assert outcome.status == "timed out" and seconds < 2.0 + supervisor.SHIM_GRACE_S
     assert sandbox_processes() == []
 
 
@@ -348,7 +348,7 @@ def test_root_gets_the_namespaces_mode_or_says_why_not(monkeypatch):
 
 
 @pytest.mark.skipif(not AS_ROOT or os.stat(os.path.dirname(os.__file__)).st_mode & 0o005 == 0o005
-                    and sandbox_child._first_closed_ancestor(os.__file__) is None,
+                    and confined._first_closed_ancestor(os.__file__) is None,
                     reason="the interpreter is readable by other users here")
 def test_without_namespaces_an_unreadable_interpreter_is_refused_not_run(monkeypatch):
     """pyenv under /root: a dropped uid could not import the stdlib lazily; refuse instead of failing samples."""
@@ -364,8 +364,8 @@ def test_when_no_mode_works_each_mode_tried_is_named_with_its_failure(monkeypatc
     """A child script that cannot start (here: missing) fails every mode's probe; the message names each mode
     the machine would try, in order, with the reason (the interpreter's own words)."""
     monkeypatch.delenv(MODE_VARIABLE, raising=False)
-    monkeypatch.setattr(sandbox, "_modes", {})  # probe again, not the mode found by an earlier test
-    monkeypatch.setattr(sandbox, "CHILD_SCRIPT", "/nonexistent/sandbox_child.py")
+    monkeypatch.setattr(supervisor, "_modes", {})  # probe again, not the mode found by an earlier test
+    monkeypatch.setattr(supervisor, "CHILD_SCRIPT", "/nonexistent/confined.py")
     with pytest.raises(SandboxError) as refused:
         sandbox_mode()
     strongest = "namespaces" if AS_ROOT else "user namespaces"
@@ -373,7 +373,7 @@ def test_when_no_mode_works_each_mode_tried_is_named_with_its_failure(monkeypatc
     assert message.startswith(f"no sandbox mode works on this machine; tried {strongest!r} and 'limits only': "
                               f"{strongest!r} failed: ")
     assert "; 'limits only' failed: " in message
-    assert message.count("can't open file '/nonexistent/sandbox_child.py'") == 2
+    assert message.count("can't open file '/nonexistent/confined.py'") == 2
 
 
 # --- as a user: the test, as root, starts a process of an unprivileged uid that can run this interpreter
@@ -383,7 +383,7 @@ USER_UID = 4242
 EXPOSE_INTERPRETER_AND_BECOME_USER = """
 import os, sys
 sys.path.insert(0, {src!r})
-from lora_one.eval import sandbox_child as c
+from lora_one.sandbox import confined as c
 c._check(c.libc.unshare(c.CLONE_NEWNS), "unshare")
 c._mount(None, "/", None, c.MS_REC | c.MS_PRIVATE)
 prefix = os.path.realpath(sys.base_prefix)
@@ -399,7 +399,7 @@ os.execve(sys.executable, [sys.executable, "-c", {inner!r}], {env!r})
 AS_USER = """
 import json, sys
 sys.path.insert(0, {src!r})
-from lora_one.eval.sandbox import Limits, Sample, run_sample, sandbox_mode
+from lora_one.sandbox import Limits, Sample, run_sample, sandbox_mode
 from concurrent.futures import ThreadPoolExecutor
 def run(completion):
     outcome = run_sample(Sample({prompt!r} + completion, {test!r}, "add", {prompt!r}), Limits(timeout_s=20.0))
@@ -438,7 +438,7 @@ def test_as_a_user_the_verdict_holds_and_user_namespaces_protect_the_users_files
                                         "        for pid in [-1] + list(range(2, 1 << 15)):\n            try:\n"
                                         "                os.kill(pid, 9)\n            except OSError:\n"
                                         "                pass\n" + RIGHT)
-        src = str(sandbox.CHILD_SCRIPT.rsplit("/lora_one/", 1)[0])
+        src = str(supervisor.CHILD_SCRIPT.rsplit("/lora_one/", 1)[0])
         env = {"PATH": "/usr/bin:/bin", "HOME": home, "LANG": "C.UTF-8", MODE_VARIABLE: user_mode}
         inner = AS_USER.format(src=src, prompt=PROMPT, test=TEST, cases=cases)
         wrapper = EXPOSE_INTERPRETER_AND_BECOME_USER.format(src=src, uid=USER_UID, inner=inner, env=env)

@@ -1,4 +1,4 @@
-"""The sandboxed side of `lora_one.eval.sandbox`: `python -I sandbox_child.py SPEC_JSON` confines
+"""The sandboxed side of `lora_one.sandbox`: `python -I confined.py SPEC_JSON` confines
 itself, then plays one role. It imports only the standard library and runs as a script, so nothing
 but this file and the interpreter's own startup executes before the confinement.
 
@@ -193,7 +193,7 @@ def _become(uid: int) -> None:
 
 
 def confine(spec: dict) -> None:
-    """Apply the mode's confinement to this process (see lora_one.eval.sandbox for what each gives)."""
+    """Apply the mode's confinement to this process (see lora_one.sandbox for what each gives)."""
     limits, mode, uid = spec["limits"], spec["mode"], spec["uid"]
     if mode == "limits only":
         os.chdir(spec["workdir"])

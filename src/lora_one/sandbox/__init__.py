@@ -1,0 +1,49 @@
+"""A process sandbox that runs one HumanEval sample (untrusted model-written code against its trusted tests) so that the
+code can neither fake its verdict nor touch anything outside its sample. Threat model: the program
+is hostile Python, written to pass wrongly, read secrets, or harm the host or other samples.
+
+Two sandboxed processes per sample (the child side is `confined.py`, a stdlib-only script):
+- the *candidate* runs the untrusted program (prompt + completion) and then answers calls of its
+  entry point over a pipe;
+- the *tester* runs only trusted code: the prompt (for helpers such as `poly` that some tests call)
+  and the problem's `check`, whose `candidate` is a proxy for those calls. Arguments and answers
+  cross as data holding exact builtin types only, so the tester compares real ints, lists, strs...
+Why the verdict cannot be forged: it is one message the tester writes, after `check(candidate)`
+returned normally, on a pipe the parent created and only the tester holds. The candidate's process
+never has that descriptor, never executes in the tester, and cannot ptrace or read the tester's
+memory (the tester is not dumpable; as root it also has another uid, with namespaces another PID
+namespace, so no signal reaches it either; in "limits only" without root a kill only fails the
+sample). Its exit status is ignored: `sys.exit(0)`, `os._exit(0)`, `atexit`, a replaced
+`sys.excepthook` only end or hide its own process, and the tester's next call then fails. An
+answer with `__eq__` always True cannot be sent, and one crafted on the wire decodes to builtins.
+What remains is what any test of a black box allows: answers that are right for the inputs tested.
+
+The parent reads only pipes it created (output capped: it keeps a tail and discards the rest), never
+a file the program could have replaced by a link or a FIFO; the programs get their input on
+anonymous memory files. Wall clock: at `timeout_s` (or once the verdict is in) the parent ends the
+sample: with namespaces each shim kills its namespace's init and the kernel the rest; otherwise the
+process group, and as root every process of the sample's uids.
+
+Modes (`sandbox_mode()`: the first that works here; `LORA_ONE_SANDBOX_MODE` forces one):
+- "namespaces" (root): each process gets its own uid from a high range (locked per sample, so no
+  two running samples share one), new mount/PID/network/IPC/UTS namespaces, the whole filesystem
+  read-only, /tmp, /var/tmp and /dev/shm one private tmpfs of `disk_mb` and `max_files` (gone with
+  the namespace), a fresh /proc, no network at all, and the directories above the interpreter that
+  others cannot search (pyenv's /root) replaced by an empty tmpfs with only the interpreter's own
+  directories bound back: the stdlib stays importable after the uid drop, nothing else there is.
+- "user namespaces" (a user, unprivileged user namespaces allowed): the same namespaces, filesystem
+  and tmpfs, plus the user's home hidden; the program runs as the user mapped to uid 0 with every
+  capability dropped. It can still read what the user can read outside the home.
+- "limits only" (no namespaces): a private 0700 directory as cwd/HOME/TMPDIR (removed afterwards),
+  the resource limits, Python's socket module disabled; as root also a distinct uid (and its files
+  in /tmp, /var/tmp, /dev/shm removed afterwards). Without root, nothing stops it from reading or
+  writing the user's files, signalling the user's processes or leaving files in /tmp.
+In every mode: `python -I` (no user site, no script directory on sys.path), a minimal environment,
+no inherited descriptors besides its pipes, limits on address space, CPU seconds, file size, open
+files, no core dumps, RLIMIT_NPROC = 0 (no fork, no thread), no_new_privs, nothing imported before
+the confinement but the interpreter's startup and `confined.py`.
+"""
+from lora_one.sandbox.supervisor import (MODE_VARIABLE, MODES, Limits, Outcome, Sample, SandboxError, run_sample,
+                                         sandbox_mode)
+
+__all__ = ["MODES", "MODE_VARIABLE", "Limits", "Outcome", "Sample", "SandboxError", "run_sample", "sandbox_mode"]
