@@ -50,9 +50,9 @@ from lora_one.models.adapters import ADAPTER, untie_adapted_weights
 from lora_one.models.full_finetune import is_full_finetuning, train_every_weight
 from lora_one.models.loading import name_base_model
 from lora_one.models.model_card import base_model_record, write_model_card
-from lora_one.provenance import provenance
 from lora_one.profiling import measure
 from lora_one.progress import configure_console
+from lora_one.provenance import provenance
 from lora_one.run_lock import RunDirLock
 from lora_one.storage import RunDirError, storage_failure, write_json, writing
 from lora_one.tracking import Tracker, sweep_group

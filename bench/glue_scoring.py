@@ -5,7 +5,7 @@
 - floor: one forward per prompt (left-padded, sorted by length and batched as the scorer batches),
   the vocabulary head only at the last prompt position: the least any scorer that reads the prompt costs;
 - per label: each (prompt, label word) its own training row, the head at every position (how GLUE was
-  scored before; the reference of tests/test_eval_glue.py, batched by map_batches as the scorer was);
+  scored before; the reference of tests/eval/test_eval_glue.py, batched by map_batches as the scorer was);
 - shared prompt: `glue.label_log_probs`, each prompt read once and every label continued from its KV cache.
 
 Rounds run the three in turn; each method's best round counts. Also printed: whether the two scorers
@@ -16,16 +16,16 @@ import time
 
 from common import ROOT, report
 
-sys.path.insert(0, str(ROOT / "tests"))
+sys.path[:0] = [str(ROOT / "tests" / "eval"), str(ROOT / "tests")]  # the reference scorer, and the conftest it imports
 
 import torch  # noqa: E402
 from accelerate import Accelerator  # noqa: E402
+from test_eval_glue import per_label_log_probs  # noqa: E402  (the reference scorer, kept in the test only)
 
 from lora_one.config import compose_config  # noqa: E402
 from lora_one.eval import BENCHMARKS, glue  # noqa: E402
 from lora_one.eval.generation import map_batches, prompt_lengths  # noqa: E402
 from lora_one.models import load_model, load_tokenizer  # noqa: E402
-from test_eval_glue import per_label_log_probs  # noqa: E402  (the reference scorer, kept in the test only)
 
 MRPC = ROOT.parent / "shared" / "data" / "glue" / "MRPC"
 
@@ -74,7 +74,8 @@ def main() -> None:
             scores[name] = method(model, tokenizer, prompts, words, args.batch_size, accelerator)
             seconds[name].append(time.perf_counter() - start)
     best = {name: min(times) for name, times in seconds.items()}
-    rows = [[name, best[name], len(prompts) / best[name], best[name] / best["floor"], seconds[name]] for name in METHODS]
+    rows = [[name, best[name], len(prompts) / best[name], best[name] / best["floor"], seconds[name]]
+            for name in METHODS]
     old, new = scores["per label"], scores["shared prompt"]
     largest = max(abs(sum(a) - sum(b)) for p, q in zip(old, new) for a, b in zip(p, q))
     summary = {"rows": len(prompts), "batch_size": args.batch_size, "threads": torch.get_num_threads(),

@@ -7,10 +7,9 @@ labelled), same batches, rounds alternating; the loss and gradients of both comp
 import sys
 import time
 
-from common import ROOT
-
 import torch  # noqa: E402
 
+from common import ROOT
 from lora_one.config import compose_config  # noqa: E402
 from lora_one.data import encode_rows, load_splits, make_collator  # noqa: E402
 from lora_one.init import init_method  # noqa: E402

@@ -24,8 +24,13 @@ import numpy as np  # noqa: E402
 
 from lora_one import ConfigError  # noqa: E402
 from lora_one.config import compose_config, validate_config  # noqa: E402
-from lora_one.reproduce.one_step import ADAPTER_INITS, DEFAULT_OVERRIDES, one_step_markdown, plot_one_step, \
-    run_one_step  # noqa: E402
+from lora_one.reproduce.one_step import (
+    ADAPTER_INITS,
+    DEFAULT_OVERRIDES,
+    one_step_markdown,
+    plot_one_step,
+    run_one_step,  # noqa: E402
+)
 
 
 def log_grid(text_values: list[str]) -> list[float]:

@@ -1,11 +1,18 @@
-"""Shared helpers: compose the real Hydra config in-process and run experiments on tiny models."""
+"""Shared helpers: compose the real Hydra config in-process, run experiments on tiny models, check their errors,
+build the init's references and damage files as a crash or a bad disk would."""
 import contextlib
+import copy
 import dataclasses
 import io
+import json
 import logging
 import os
+import re
 import runpy
+import socket
+import subprocess
 import sys
+import time
 import traceback
 from pathlib import Path
 
@@ -21,6 +28,8 @@ os.environ["LORA_ONE_CONF"] = str(ROOT / "conf")  # this checkout's configs, eve
 from lora_one.config import compose_config  # noqa: E402  (re-exported for the tests)
 
 TINY = ["model=tiny_llama", "dataset.eval_size=16"]
+QUICK = TINY[:1] + ["dataset.eval_size=4", "model.max_steps=1", "checkpoint.every_n_steps=0"]
+ARCHITECTURES = ["tiny_llama", "tiny_t5"]  # a causal and an encoder-decoder model
 
 
 def save_checkpoints(run_dir, model, optimizer, scheduler, steps, keep: int = 2) -> list[str]:
@@ -45,9 +54,6 @@ def run_experiment(overrides: list[str], out_dir) -> dict:
 
 def run_torchrun(overrides: list[str], out_dir, processes: int = 2) -> dict:
     """run_exp.py under `torchrun --nproc_per_node N` (CPU, gloo); returns its results.json."""
-    import json
-    import subprocess
-
     env = {**os.environ, "PYTHONPATH": f"{ROOT / 'src'}:{os.environ.get('PYTHONPATH', '')}", "OMP_NUM_THREADS": "1"}
     done = subprocess.run(["torchrun", "--standalone", "--nproc_per_node", str(processes), "run_exp.py", *overrides,
                            f"hydra.run.dir={out_dir}"], cwd=ROOT, env=env, capture_output=True, text=True)
@@ -134,3 +140,153 @@ def restore_environment(saved: dict[str, str | None]) -> None:
             os.environ.pop(key, None)
         else:
             os.environ[key] = value
+
+
+def cli_process(args: list[str], run_dir, **env: str) -> subprocess.CompletedProcess:
+    """`python run_exp.py ARGS hydra.run.dir=RUN_DIR`, offline, without wandb, in a process of its own: for
+    settings read when a library is imported (huggingface_hub and datasets read HF_HOME and HF_HUB_OFFLINE
+    then). Every other CLI test runs the same command in this interpreter (run_cli)."""
+    environ = {**os.environ, "HF_HUB_OFFLINE": "1", "WANDB_MODE": "disabled", **env}
+    return subprocess.run([sys.executable, "run_exp.py", *args, f"hydra.run.dir={run_dir}"], cwd=ROOT, env=environ,
+                          capture_output=True, text=True, timeout=600)
+
+
+def assert_error(proc, pattern: str, mid_run: bool = False) -> None:
+    """Exit status ≠ 0 and stderr is exactly one line, `error: …` matching `pattern` (a regex). An error
+    `mid_run` follows the progress bars (tqdm) and library warnings on stderr: it is the last line, and
+    no traceback."""
+    assert proc.returncode != 0, proc.stdout[-2000:]
+    lines = proc.stderr.strip().splitlines()
+    if mid_run:
+        assert "Traceback" not in proc.stderr, proc.stderr[-3000:]
+        lines = lines[-1:]
+    assert len(lines) == 1 and lines[0].startswith("error: "), proc.stderr[-3000:]
+    assert re.search(pattern, lines[0]), lines[0]
+
+
+def assert_one_error_line(proc, expected: str) -> None:
+    assert proc.returncode != 0
+    assert proc.stderr.strip().splitlines() == [expected], proc.stderr[-2000:]
+
+
+def dead_pid() -> int:
+    proc = subprocess.Popen([sys.executable, "-c", "pass"])
+    proc.wait()
+    return proc.pid
+
+
+def write_lock(run_dir, **owner) -> None:
+    """A run-dir lock as a run writes it, on this host, held by `owner` (pid=…, and host=… or slurm_job=…)."""
+    from lora_one.run_lock import LOCK_FILE
+
+    run_dir.mkdir(parents=True, exist_ok=True)
+    (run_dir / LOCK_FILE).write_text(json.dumps({"host": socket.gethostname(), "slurm_job": None, "since": time.time(),
+                                                 **owner}))
+
+
+def toy_trainer():
+    """A linear model, its AdamW (one step taken: moments in its state) and a constant schedule."""
+    import torch
+
+    model = torch.nn.Linear(4, 2)
+    optimizer = torch.optim.AdamW(model.parameters(), lr=0.1)
+    model(torch.ones(1, 4)).sum().backward()
+    optimizer.step()  # AdamW moments in the optimizer state
+    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: 1.0)
+    return model, optimizer, scheduler
+
+
+def truncate(path) -> None:
+    os.truncate(path, os.path.getsize(path) // 2)
+
+
+def flip_a_byte(path, offset: int | None = None) -> None:
+    """Invert one byte of the file, the middle one unless `offset` says which."""
+    offset = os.path.getsize(path) // 2 if offset is None else offset
+    with open(path, "r+b") as f:
+        f.seek(offset)
+        byte = f.read(1)
+        f.seek(offset)
+        f.write(bytes([byte[0] ^ 0xFF]))
+
+
+def file_sha256(path) -> str:
+    import hashlib
+
+    return hashlib.sha256(Path(path).read_bytes()).hexdigest()
+
+
+def questions_file(tmp_path, answers: list[int]) -> str:
+    """A GSM8K questions file of one question per answer, solved by that answer."""
+    path = tmp_path / "questions.jsonl"
+    path.write_text("".join(json.dumps({"question": f"{a} apples?", "answer": f"So {a}.\n#### {a}"}) + "\n"
+                            for a in answers))
+    return str(path)
+
+
+def tiny_model(option: str = "tiny_llama"):
+    """The random tiny model of `option` (seeded) in eval mode, and its tokenizer."""
+    import torch
+
+    from lora_one.models import load_model, load_tokenizer
+
+    cfg = compose_config(TINY + [f"model={option}"])
+    torch.manual_seed(0)
+    tokenizer = load_tokenizer(cfg.model, cfg.cache_dir)
+    return load_model(cfg.model, tokenizer, cfg.cache_dir).eval(), tokenizer
+
+
+def build(overrides):
+    """Tiny Llama + adapters + the init's gradient batches, as run_exp builds them."""
+    from accelerate.utils import set_seed
+
+    from lora_one.data import encode_rows, load_splits, make_batches
+    from lora_one.init import init_method
+    from lora_one.models import add_lora_adapters, load_model, load_tokenizer
+
+    cfg = compose_config(TINY + overrides)
+    set_seed(cfg.seed)
+    tokenizer = load_tokenizer(cfg.model, cfg.cache_dir)
+    train, _ = load_splits(cfg.dataset, cfg.seed)
+    max_length = cfg.init.get("max_length", cfg.model.max_length)
+    encoded = encode_rows(tokenizer, train, max_length, cfg.model.type == "seq2seq")
+    batches = make_batches(tokenizer, encoded, cfg.init.get("bsz", 4), cfg.init.get("iters", 2))
+    base = load_model(cfg.model, tokenizer, cfg.cache_dir)
+    reference_base = copy.deepcopy(base)
+    model = add_lora_adapters(base, cfg.peft, cfg.model.type, init_method(cfg.init), cfg.init)
+    return cfg, model, reference_base, batches
+
+
+def gradient_init(model, init_cfg, batches, accelerator=None):
+    """Run the configured init on the wrapped model: (G per layer if kept, per-layer statistics)."""
+    from accelerate import Accelerator
+
+    from lora_one.init import init_method
+
+    report = init_method(init_cfg).initialise(model, init_cfg, batches, accelerator or Accelerator(cpu=True), False)
+    return report.gradients, report.layer_stats
+
+
+def autograd_reference(base, batches, names):
+    """∇_W of (1/K) Σ_k L_k by one torch.autograd.grad call on an untouched copy of the base model."""
+    import torch
+
+    weights = dict(base.named_parameters())
+    loss = sum(base(**b).loss for b in batches) / len(batches)
+    grads = torch.autograd.grad(loss, [weights[n] for n in names])
+    return dict(zip(names, grads))
+
+
+def rank_r(G, r: int):
+    """[G]_r, the best rank-r approximation (Eckart-Young), in float64."""
+    import torch
+
+    U, S, Vh = torch.linalg.svd(G.double(), full_matrices=False)
+    return (U[:, :r] * S[:r]) @ Vh[:r]
+
+
+def alignment(U_ref, U) -> float:
+    """Mean cosine of the principal angles between the column spans of two orthonormal bases."""
+    import torch
+
+    return torch.linalg.svdvals(U_ref.double().T @ U.double()).mean().item()

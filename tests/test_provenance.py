@@ -39,11 +39,13 @@ def test_provenance_of_this_run():
     start = datetime.datetime(2026, 1, 2, 3, 4, 5, tzinfo=datetime.timezone.utc).timestamp()
     record = provenance(start)
     json.dumps(record)  # goes into results.json as is
-    head = subprocess.run(["git", "-C", str(ROOT), "log", "-1", "--format=%H"], capture_output=True, text=True).stdout.strip()
+    head = subprocess.run(["git", "-C", str(ROOT), "log", "-1", "--format=%H"], capture_output=True,
+                          text=True).stdout.strip()
     assert record["git"]["commit"] == head and isinstance(record["git"]["dirty"], bool)
     assert record["packages"]["torch"] == torch.__version__
     assert record["packages"]["transformers"] == transformers.__version__
-    assert set(record["packages"]) == {"torch", "transformers", "peft", "accelerate", "datasets", "hydra-core", "lora-one"}
+    assert set(record["packages"]) == {"torch", "transformers", "peft", "accelerate", "datasets", "hydra-core",
+                                       "lora-one"}
     assert record["torch_threads"] == torch.get_num_threads() and record["cpu"]
     assert record["start"] == "2026-01-02T03:04:05+00:00"
     end = datetime.datetime.fromisoformat(record["end"])

@@ -50,7 +50,8 @@ def test_run_logs_config_init_curves_and_final_metrics(tmp_path, monkeypatch):
     import run_exp
 
     group = sweep_group(["model=tiny_llama", "seed=3"])
-    results = run_exp.run(compose_config(TINY + ["model.max_steps=2", "wandb.mode=offline", "seed=3"]), str(tmp_path), group)
+    cfg = compose_config(TINY + ["model.max_steps=2", "wandb.mode=offline", "seed=3"])
+    results = run_exp.run(cfg, str(tmp_path), group)
     assert wandb.init_kwargs["mode"] == "offline" and wandb.init_kwargs["dir"] == str(tmp_path)
     assert wandb.init_kwargs["group"] == "model=tiny_llama" and wandb.init_kwargs["name"] == "model=tiny_llama,seed=3"
     assert wandb.init_kwargs["config"]["init"]["direction"] == "LoRA-One"

@@ -1,6 +1,6 @@
 """The schema of the run config (lora_one.schema): one dataclass per config group, a subclass per kind of option
 whose keys differ (conf/<group>/<option>.yaml ↔ OPTIONS), found by the option's `name`. Every key an option
-defines is a field here and every field a key of some option (tests/test_configs.py), so renaming a key in
+defines is a field here and every field a key of some option (tests/test_config_schema.py), so renaming a key in
 a YAML file without its field, or the other way round, fails a test instead of dropping a check.
 
 Checked after composition, not registered in Hydra's ConfigStore: a typed schema there turns a REAL field's

@@ -37,7 +37,8 @@ def build_parser(task: str, defaults: DictConfig, prog: str | None = None) -> ar
                         "conf/model option such as smollm2_135m (the default) or tiny_llama")
     parser.add_argument("--adapter", help="a PEFT adapter directory to apply to --model")
     parser.add_argument("--dtype", choices=["fp32", "bf16", "fp16"], help="default: the model config's")
-    parser.add_argument("--predictions", help="score this jsonl (task_id or idx, completion) instead of running a model")
+    parser.add_argument("--predictions",
+                        help="score this jsonl (task_id or idx, completion) instead of running a model")
     parser.add_argument("--output_dir", default=os.path.join("outputs", "eval", task), help="default: %(default)s")
     parser.add_argument("--seed", type=int, default=42, help="sampling seed (default: %(default)s)")
     written = OmegaConf.to_container(defaults)
@@ -75,7 +76,8 @@ def task_config(task: str, args: argparse.Namespace) -> DictConfig:
     for key in cfg.eval[task]:
         given = getattr(args, key, None) if key not in FROM_RUN_CONFIG else None  # e.g. the run's --seed
         if given is not None:  # typed as YAML would type it: 5 → int, null → None, /a/b → str
-            cfg.eval[task][key] = [yaml.safe_load(v) for v in given] if isinstance(given, list) else yaml.safe_load(given)
+            parsed = [yaml.safe_load(v) for v in given] if isinstance(given, list) else yaml.safe_load(given)
+            cfg.eval[task][key] = parsed
     return cfg
 
 
@@ -84,7 +86,6 @@ def load_for_eval(cfg: DictConfig, adapter: str | None, accelerator: Accelerator
     model = load_model(cfg.model, tokenizer, cfg.cache_dir)
     if adapter:
         from peft import PeftModel
-
         from safetensors import SafetensorError
 
         if not os.path.exists(os.path.join(adapter, "adapter_config.json")):

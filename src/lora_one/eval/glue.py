@@ -7,7 +7,7 @@ causal: the continuation of the prompt). The prediction is the label whose targe
 total log-likelihood Σ_t log p(y_t | prompt, y_<t). Prompts are not truncated here, so every label
 is scored in full. Each prompt is read once for all its labels (`shared_prompt_log_probs`: a causal
 model continues every label from the prompt's KV cache, T5 decodes every label from one encoder pass),
-which gives the scores of one training row per label (tests/test_eval_glue.py checks it against that).
+which gives the scores of one training row per label (tests/eval/test_eval_glue.py checks it against that).
 
 Metrics follow HF `evaluate`'s GLUE conventions: accuracy (SST-2, QNLI, MNLI), Matthews correlation
 (CoLA), F1 and accuracy (MRPC), the positive class being label 1 (`acceptable`, `equivalent`).

@@ -48,7 +48,8 @@ def read_csv_split(data_dir: str, split: str) -> dict[str, list[dict]]:
         for number, row in enumerate(rows, 1):
             if len(row) != 6 or row[5].strip() not in LETTERS:
                 raise ConfigError(f"{path}: line {number} must be question,A,B,C,D,answer-letter")
-        by_subject[subject] = [{"question": r[0], "choices": r[1:5], "answer": LETTERS.index(r[5].strip())} for r in rows]
+        by_subject[subject] = [{"question": r[0], "choices": r[1:5], "answer": LETTERS.index(r[5].strip())}
+                               for r in rows]
     return by_subject
 
 
@@ -100,7 +101,8 @@ def choice_probabilities(model, tokenizer, prompts: list[str], batch_size: int, 
 def score(items: list[dict], completions: list[str], probs: list[list[float]] | None = None) -> tuple[dict, list[dict]]:
     """Completions are answers in words ("B", "The answer is C"): their first standalone letter counts."""
     records = [{"task_id": item["id"], "subject": item["subject"], "prompt": item["prompt"], "completion": completion,
-                "extracted": extract_letter(completion), "gold": item["gold"]} for item, completion in zip(items, completions)]
+                "extracted": extract_letter(completion), "gold": item["gold"]}
+               for item, completion in zip(items, completions)]
     for record in records:
         record["correct"] = record["extracted"] == record["gold"]
     if probs is not None:

@@ -78,7 +78,8 @@ def run_evaluators(eval_cfg, items: dict[str, list[dict]], model, tokenizer, acc
     for task in eval_cfg:
         before_each()
         try:
-            metrics[task] = run_benchmark(task, eval_cfg[task], out_dir, model, tokenizer, accelerator, items=items[task])
+            metrics[task] = run_benchmark(task, eval_cfg[task], out_dir, model, tokenizer, accelerator,
+                                          items=items[task])
         except Exception as err:  # noqa: BLE001 (any failure: the training's results must still be written)
             log.exception("eval %s failed", task)
             metrics[task] = {"error": f"{type(err).__name__}: {err}"}

@@ -21,7 +21,8 @@ def next_token_logits(model, batch) -> torch.Tensor:
     if not is_encoder_decoder(model):
         return model(**batch).logits[:, -1, :]
     rows = batch["input_ids"].shape[0]
-    start = torch.full((rows, 1), model.config.decoder_start_token_id, dtype=torch.long, device=batch["input_ids"].device)
+    start = torch.full((rows, 1), model.config.decoder_start_token_id, dtype=torch.long,
+                       device=batch["input_ids"].device)
     return model(**batch, decoder_input_ids=start).logits[:, 0, :]
 
 

@@ -12,12 +12,12 @@ from peft import PeftModel, set_peft_model_state_dict
 from safetensors.torch import load_file, save_file
 
 from lora_one import ConfigError
-from lora_one.manifest import write_manifest
 from lora_one.init.dora import rebuild_magnitude
-from lora_one.init.gamma_search import AUTO, check_search_config, search_gamma
 from lora_one.init.estimators import ESTIMATORS
+from lora_one.init.gamma_search import AUTO, check_search_config, search_gamma
 from lora_one.init.method import InitMethod, InitReport
 from lora_one.init.spectral import SCALES, SVD_METHODS, scale_factors
+from lora_one.manifest import write_manifest
 from lora_one.models.adapters import ADAPTER, lora_layers
 
 log = logging.getLogger(__name__)

@@ -16,8 +16,14 @@ from huggingface_hub import ModelCard, constants, is_offline_mode
 from huggingface_hub.utils import get_session
 from omegaconf import DictConfig, OmegaConf
 from peft import PeftConfig
-from transformers import (AutoConfig, AutoModelForCausalLM, AutoModelForSeq2SeqLM, AutoTokenizer,
-                          PreTrainedModel, PreTrainedTokenizerBase)
+from transformers import (
+    AutoConfig,
+    AutoModelForCausalLM,
+    AutoModelForSeq2SeqLM,
+    AutoTokenizer,
+    PreTrainedModel,
+    PreTrainedTokenizerBase,
+)
 
 from lora_one import ConfigError
 from lora_one.manifest import MANIFEST, manifest_damage, read_manifest, sha256_of, write_manifest

@@ -14,8 +14,8 @@ from typing import Callable
 from lora_one.reproduce import stats, tables
 from lora_one.reproduce.figures import plot_task
 from lora_one.reproduce.plan import Cell, Study, Task, final_cells, tuning_cells
-from lora_one.reproduce.records import degenerate, held_out, mean_curve, metric, metric_name
 from lora_one.reproduce.published import published_cell, published_table
+from lora_one.reproduce.records import degenerate, held_out, mean_curve, metric, metric_name
 from lora_one.reproduce.runner import best_rate, grid_losses, tuning_plan
 from lora_one.reproduce.tables import LORA
 

@@ -43,7 +43,15 @@ no inherited descriptors besides its pipes, limits on address space, CPU seconds
 files, no core dumps, RLIMIT_NPROC = 0 (no fork, no thread), no_new_privs, nothing imported before
 the confinement but the interpreter's startup and `confined.py`.
 """
-from lora_one.sandbox.supervisor import (MODE_VARIABLE, MODES, Limits, Outcome, Sample, SandboxError, run_sample,
-                                         sandbox_mode)
+from lora_one.sandbox.supervisor import (
+                                         MODE_VARIABLE,
+                                         MODES,
+                                         Limits,
+                                         Outcome,
+                                         Sample,
+                                         SandboxError,
+                                         run_sample,
+                                         sandbox_mode,
+)
 
 __all__ = ["MODES", "MODE_VARIABLE", "Limits", "Outcome", "Sample", "SandboxError", "run_sample", "sandbox_mode"]

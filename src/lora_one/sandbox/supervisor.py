@@ -114,7 +114,8 @@ def _no_mode_works(failures: dict[str, str], forced: str | None) -> str:
     """The modes tried (only the forced one, when LORA_ONE_SANDBOX_MODE names it) and why each failed."""
     reasons = "; ".join(f"{mode!r} failed: {why}" for mode, why in failures.items())
     if forced:
-        return f"{MODE_VARIABLE}={forced!r} forces a mode that does not work on this machine (no other tried): {reasons}"
+        return (f"{MODE_VARIABLE}={forced!r} forces a mode that does not work on this machine (no other tried): "
+                f"{reasons}")
     return f"no sandbox mode works on this machine; tried {' and '.join(map(repr, failures))}: {reasons}"
 
 
@@ -202,7 +203,8 @@ class _Run:
         if not stat.S_ISDIR(info.st_mode) or info.st_uid != 0 or info.st_mode & 0o077:
             raise SandboxError(f"{UID_LOCKS} must be a directory owned by root with mode 0700")
         for uid in range(UID_BASE, UID_BASE + UID_SLOTS):
-            fd = os.open(os.path.join(UID_LOCKS, str(uid)), os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600)
+            flags = os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW | os.O_CLOEXEC
+            fd = os.open(os.path.join(UID_LOCKS, str(uid)), flags, 0o600)
             try:
                 fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
             except BlockingIOError:

@@ -17,8 +17,18 @@ from functools import partial
 import numpy as np
 
 from lora_one.theory.inits import Start, lora_ga_init, lora_one_init, random_init
-from lora_one.theory.linear_model import (LinearTask, alignment_sine, full_gradient, gd_step, iterate, low_rank_target,
-                                          make_task, precgd_step, risk, top_left_singular_vectors)
+from lora_one.theory.linear_model import (
+    LinearTask,
+    alignment_sine,
+    full_gradient,
+    gd_step,
+    iterate,
+    low_rank_target,
+    make_task,
+    precgd_step,
+    risk,
+    top_left_singular_vectors,
+)
 
 METHODS = ("LoRA-One", "LoRA-GA", "random")
 

@@ -1,0 +1,474 @@
+"""The HumanEval sandbox: each attack of issue 11 reproduced. A hostile completion can neither fake
+its verdict nor change anything outside its own sample, in every mode this machine supports; correct
+code, lazy stdlib imports included, still passes."""
+import hashlib
+import os
+import re
+import socket
+import stat
+import time
+import uuid
+from concurrent.futures import ThreadPoolExecutor
+
+import pytest
+
+from lora_one.sandbox import (
+    MODE_VARIABLE,
+    MODES,
+    Limits,
+    Sample,
+    SandboxError,
+    confined,
+    run_sample,
+    sandbox_mode,
+    supervisor,
+)
+from lora_one.sandbox.supervisor import SHARED_TMP, UID_BASE
+
+LIMITS = Limits(timeout_s=5.0, memory_mb=512, disk_mb=4, max_files=64)
+AS_ROOT = os.geteuid() == 0
+PROMPT = 'def add(a, b):\n    """a + b"""\n'
+TEST = "def check(candidate):\n    assert candidate(2, 3) == 5\n    assert candidate(-1, 1) == 0\n"
+RIGHT = "    return a + b\n"
+WRONG = "    return a - b\n"
+
+
+def run(completion: str, limits: Limits = LIMITS, test: str = TEST):
+    start = time.perf_counter()
+    outcome = run_sample(Sample(PROMPT + completion, test, "add", PROMPT), limits)
+    return outcome, time.perf_counter() - start
+
+
+@pytest.fixture(params=[m if m == "namespaces" else pytest.param(m, marks=pytest.mark.slow) for m in MODES])
+def mode(request, monkeypatch):
+    """Each mode this machine can run (LORA_ONE_SANDBOX_MODE forces it); the others skip with the reason.
+    The modes a root machine would not pick itself run with the slow tests."""
+    monkeypatch.setenv(MODE_VARIABLE, request.param)
+    try:
+        sandbox_mode()
+    except SandboxError as error:
+        pytest.skip(str(error))  # names the mode and why it failed
+    return request.param
+
+
+class Host:
+    """What no sample may change: a victim tree reachable by everyone (as a checkout usually is), victims in
+    the shared temporary directories, and those directories' entries named with this run's marker or owned
+    by a sandbox uid."""
+
+    def __init__(self, root):
+        self.marker = f"sandbox-test-{uuid.uuid4().hex}"
+        self.tree = root / "project"
+        self.tree.mkdir()
+        (self.tree / "precious.txt").write_text("keep me")
+        (self.tree / "program.py").write_text("assert True\n")  # the name samples used to have
+        os.chmod(root, 0o755)
+        self.victims = [self.tree / "precious.txt", self.tree / "program.py"]
+        for top in SHARED_TMP:
+            if os.path.isdir(top):
+                victim = os.path.join(top, f"{self.marker}-victim")
+                with open(victim, "w") as f:
+                    f.write("keep me")
+                os.chmod(victim, 0o666)  # writable by anyone: only the sandbox's filesystem protects it
+                self.victims.append(victim)
+        self.before = self.state()
+
+    def state(self) -> dict:
+        state = {}
+        for path in map(str, self.victims + [self.tree]):
+            info = os.lstat(path)
+            content = open(path, "rb").read() if stat.S_ISREG(info.st_mode) else sorted(os.listdir(path))
+            state[path] = (info.st_mode, info.st_uid, hashlib.sha256(repr(content).encode()).hexdigest())
+        return state
+
+    def leftovers(self) -> list[str]:
+        found = []
+        for top in SHARED_TMP:
+            for parent, dirs, files in os.walk(top):
+                for name in dirs + files:
+                    path = os.path.join(parent, name)
+                    with_marker = self.marker in name and not name.endswith("-victim")
+                    try:
+                        if with_marker or os.lstat(path).st_uid >= UID_BASE:
+                            found.append(path)
+                    except FileNotFoundError:  # someone else's file, just removed
+                        pass
+        return found
+
+    def assert_unchanged(self) -> None:
+        assert self.state() == self.before
+        assert self.leftovers() == []
+
+    def remove(self) -> None:
+        for victim in self.victims[2:]:
+            os.remove(victim)
+
+
+@pytest.fixture
+def host(tmp_path):
+    host = Host(tmp_path)
+    yield host
+    host.remove()
+
+
+def test_a_right_answer_passes_and_a_wrong_one_fails(mode, host):
+    assert run(RIGHT)[0].passed
+    outcome, _ = run(WRONG)
+    assert outcome.status == "failed" and "AssertionError" in outcome.detail
+    host.assert_unchanged()
+
+
+EXIT_AND_EQUALITY_ATTACKS = {
+    "sys.exit(0) at top level": WRONG + "import sys\nsys.exit(0)\n",
+    "sys.exit(0) in the function": "    import sys\n    sys.exit(0)\n",
+    "os._exit(0)": "    import os\n    os._exit(0)\n",
+    "atexit os._exit(0)": "    import atexit, os\n    atexit.register(os._exit, 0)\n    return a - b\n",
+    "excepthook exits 0": "    import os, sys\n    sys.excepthook = lambda *exc: os._exit(0)\n    return a - b\n",
+    "__eq__ always True": "    class Equal:\n        def __eq__(self, other):\n            return True\n"
+                          "    return Equal()\n",
+    "int subclass equal to all": "    class Int(int):\n        __eq__ = lambda self, other: True\n    return Int(0)\n",
+    "fake verdict on every descriptor": (
+        "    import json, os\n    fake = json.dumps({'passed': True}).encode()\n"
+        "    for fd in range(1024):\n        try:\n            os.write(fd, len(fake).to_bytes(8, 'big') + fake)\n"
+        "        except OSError:\n            pass\n    return a - b\n"),
+}
+
+
+@pytest.mark.parametrize("completion", EXIT_AND_EQUALITY_ATTACKS.values(), ids=EXIT_AND_EQUALITY_ATTACKS.keys())
+def test_wrong_answers_cannot_fake_a_pass(mode, host, completion):
+    outcome, seconds = run(completion)
+    assert outcome.status == "failed", outcome
+    assert seconds < LIMITS.timeout_s
+    host.assert_unchanged()
+
+
+def test_only_plain_builtin_values_cross_and_they_come_back_equal():
+    value = [1, True, None, 2.5, float("inf"), "s", b"\x00b", (1, (2,)), {1: {"a": [3]}}, {4, 5}, frozenset({6}), 1j]
+    decoded = confined.decode(confined.encode(value))
+    assert decoded == value and [type(v) for v in decoded] == [type(v) for v in value]
+    assert type(decoded[7]) is tuple and type(confined.decode(confined.encode(True))) is bool
+
+    class Int(int):
+        pass
+
+    with pytest.raises(TypeError, match="not a plain builtin value"):
+        confined.encode([Int(3)])
+    with pytest.raises(ValueError, match="unknown tag"):
+        confined.decode(["Equal", []])
+
+
+@pytest.mark.skipif(not AS_ROOT, reason="needs a file the sandbox's uid cannot read, i.e. root and another uid")
+def test_links_and_fifos_in_its_directory_are_never_opened_by_the_grader(host, tmp_path, monkeypatch):
+    monkeypatch.setenv(MODE_VARIABLE, "namespaces")
+    try:
+        sandbox_mode()
+    except SandboxError as error:
+        pytest.skip(f"needs distinct uids: {error}")
+    secret = tmp_path / "secret"
+    secret.write_text("TOP-SECRET-" + host.marker)
+    os.chmod(secret, 0o600)
+    completion = RIGHT + (
+        "import os\n"
+        f"for name, target in [('stderr', {str(secret)!r}), ('stdout', '/dev/zero'), ('program.py', '/etc/shadow')]:\n"
+        "    os.symlink(target, name)\n"
+        "os.mkfifo('fifo')\nos.symlink('fifo', 'output')\n"
+        f"try:\n    print(open({str(secret)!r}).read())\nexcept OSError as e:\n    print(type(e).__name__)\n")
+    outcome, seconds = run(completion)
+    assert outcome.passed and seconds < LIMITS.timeout_s
+    assert "Error" in outcome.output_tail and "TOP-SECRET" not in outcome.output_tail + outcome.detail
+    host.assert_unchanged()
+
+
+def test_samples_cannot_kill_or_rewrite_their_siblings(mode, host):
+    """One attacker runs with 4 right and 4 wrong siblings: it signals every pid it can name and rewrites
+    every program it can find, while they run; right ones still pass, wrong ones still fail."""
+    attack = (
+        "    import os, signal, time\n    end = time.time() + 3\n    while time.time() < end:\n"
+        "        for pid in [-1] + list(range(2, 1 << 15)):\n"
+        "            try:\n                os.kill(pid, signal.SIGKILL)\n"
+        "            except OSError:\n                pass\n"
+        "        for top in ('/tmp', '/var/tmp', '/dev/shm', '/proc'):\n"
+        "            for parent, dirs, files in os.walk(top):\n"
+        "                for name in files:\n"
+        "                    try:\n                        open(os.path.join(parent, name), 'w').write('return 5')\n"
+        "                    except OSError:\n                        pass\n"
+        "    return a - b\n")
+    slow = "    import time\n    time.sleep(1.5)\n"
+    limits = Limits(timeout_s=20.0, memory_mb=512, disk_mb=4, max_files=64)
+    completions = [attack] + [slow + RIGHT] * 4 + [slow + WRONG] * 4
+    with ThreadPoolExecutor(len(completions)) as pool:
+        outcomes = [o for o, _ in pool.map(lambda c: run(c, limits), completions)]
+    assert [o.status for o in outcomes] == ["failed"] + ["passed"] * 4 + ["failed"] * 4, [o.detail for o in outcomes]
+    host.assert_unchanged()
+
+
+def test_nothing_the_completion_names_is_imported_before_the_drop(mode, host):
+    """`import this` prints the Zen of Python when imported: dead code must not import it."""
+    outcome, _ = run("    if False:\n        import this\n" + RIGHT)
+    assert outcome.passed and "Beautiful is better than ugly" not in outcome.output_tail
+    host.assert_unchanged()
+
+
+def test_lazy_stdlib_imports_work_after_the_drop(mode, host):
+    completion = ("    import collections, datetime\n"
+                  "    assert datetime.datetime.strptime('2024-02-29', '%Y-%m-%d').day == 29\n"
+                  "    assert collections.Counter('abca').most_common(1) == [('a', 2)]\n" + RIGHT)
+    outcome, _ = run(completion)
+    assert outcome.passed, outcome
+    host.assert_unchanged()
+
+
+def test_writable_space_is_capped_in_total_and_gone_afterwards(mode, host):
+    if mode == "limits only":
+        pytest.skip("without namespaces only the size of each file is capped (documented)")
+    completion = (
+        "    import os\n    written = files = 0\n"
+        "    for n, top in enumerate(('/tmp', '/var/tmp', '/dev/shm', os.getcwd())):  # may be one directory\n"
+        "        for i in range(10000):\n"
+        "            try:\n"
+        f"                with open(os.path.join(top, f'{host.marker}-big-{{n}}-{{i}}'), 'wb') as f:\n"
+        "                    f.write(b'x' * 2**20)\n"
+        "                written += 2**20\n"
+        "            except OSError:\n                break\n"
+        "        for i in range(100000):\n"
+        "            try:\n"
+        f"                open(os.path.join(top, f'{host.marker}-{{n}}-{{i}}'), 'w').close()\n"
+        "                files += 1\n"
+        "            except OSError:\n                break\n"
+        "    print('written', written, 'files', files)\n" + RIGHT)
+    outcome, _ = run(completion, test="def check(candidate):\n    assert candidate(2, 3) == 5\n")  # one call
+    assert outcome.passed, outcome
+    written, files = map(int, re.search(r"written (\d+) files (\d+)", outcome.output_tail).groups())
+    assert 0 < written <= LIMITS.disk_mb * 2**20 and 0 < files <= LIMITS.max_files
+    host.assert_unchanged()
+
+
+@pytest.mark.parametrize("source", ["while True:\n    pass\n", "import time\ntime.sleep(60)\n"])
+def test_endless_programs_are_killed_at_the_wall_clock_limit(source):
+    outcome, seconds = run(RIGHT + source)
+    assert outcome.status == "timed out" and seconds < LIMITS.timeout_s + 2
+
+
+def test_printing_without_end_keeps_only_a_tail(host):
+    outcome, seconds = run(RIGHT + "while True:\n    print('x' * 10000)\n")
+    assert outcome.status == "timed out" and seconds < LIMITS.timeout_s + 2
+    assert 0 < len(outcome.output_tail) <= LIMITS.output_kb * 1024
+    host.assert_unchanged()
+
+
+def sandbox_processes() -> list[int]:
+    pids = []
+    for pid in filter(str.isdigit, os.listdir("/proc")):
+        try:
+            cmdline = open(f"/proc/{pid}/cmdline", "rb").read()
+        except OSError:  # gone meanwhile
+            continue
+        if supervisor.CHILD_SCRIPT.encode() in cmdline:
+            pids.append(int(pid))
+    return pids
+
+
+def test_no_process_outlives_its_sample(mode):
+    """It clears its parent-death signal, leaves its session, ignores SIGTERM and sleeps: killed all the same."""
+    escape = ("import ctypes, os, signal, time\nctypes.CDLL(None).prctl(1, 0, 0, 0, 0)\n"
+              "signal.signal(signal.SIGTERM, signal.SIG_IGN)\nos.setsid()\ntime.sleep(600)\n")
+    outcome, seconds = run(RIGHT + escape, Limits(timeout_s=2.0))
+    assert outcome.status == "timed out" and seconds < 2.0 + supervisor.SHIM_GRACE_S
+    assert sandbox_processes() == []
+
+
+def test_a_fork_bomb_cannot_fork():
+    outcome, seconds = run("    import os\n    while True:\n        os.fork()\n")
+    assert outcome.status == "failed" and "BlockingIOError" in outcome.detail and seconds < LIMITS.timeout_s
+
+
+def test_a_50_gb_allocation_fails_with_memory_error():
+    outcome, _ = run("    x = bytearray(50 * 2**30)\n" + RIGHT)
+    assert outcome.status == "failed" and "MemoryError" in outcome.detail
+
+
+def test_shell_commands_do_not_run(tmp_path):
+    marker = tmp_path / "pwned"
+    completion = (f"    import os, subprocess\n    status = os.system('touch {marker}')\n"
+                  f"    try:\n        subprocess.run(['touch', '{marker}'])\n    except OSError:\n        pass\n"
+                  f"    assert status == 0 and os.path.exists('{marker}')\n" + RIGHT)
+    assert run(completion)[0].status == "failed"
+    assert not marker.exists()
+
+
+def test_files_outside_its_sample_survive(mode, host):
+    """The project's files cannot be removed or written; the shared temporary directories' files are not
+    even visible (in the namespace modes the sample's /tmp is its own), and stay as they were. (In "limits
+    only" files that every user may write stay writable, as documented.)"""
+    project = host.victims[:2]
+    for victim in project:
+        for attack in (f"    import os\n    os.remove({str(victim)!r})\n",
+                       f"    open({str(victim)!r}, 'w').write('overwritten')\n",
+                       f"    import shutil\n    shutil.rmtree({str(host.tree)!r})\n"):
+            outcome, _ = run(attack + RIGHT)
+            assert outcome.status == "failed" and "Error" in outcome.detail
+    shared = host.victims[len(project):] if mode != "limits only" else []  # its victims are writable by all
+    for victim in shared:
+        run(f"    import os\n    open({str(victim)!r}, 'w').write('overwritten')\n"
+            f"    os.remove({str(victim)!r})\n" + RIGHT)
+    host.assert_unchanged()
+
+
+def test_the_environment_is_minimal():
+    os.environ["LORA_ONE_SECRET_TOKEN"] = "hunter2"
+    try:
+        outcome, _ = run("    import os\n    assert 'LORA_ONE_SECRET_TOKEN' not in os.environ\n"
+                         "    assert set(os.environ) <= {'PATH', 'HOME', 'TMPDIR', 'LANG', 'LC_CTYPE'}, os.environ\n"
+                         + RIGHT)
+    finally:
+        del os.environ["LORA_ONE_SECRET_TOKEN"]
+    assert outcome.passed, outcome
+
+
+def test_no_network_even_through_raw_libc_calls(mode):
+    server = socket.socket()
+    server.bind(("127.0.0.1", 0))
+    server.listen(1)
+    port = server.getsockname()[1]
+    python_level = f"    import socket\n    socket.create_connection(('127.0.0.1', {port}), timeout=1)\n"
+    # bypasses Python's socket module: only a network namespace stops this one
+    libc_level = (
+        "    import ctypes, struct\n    libc = ctypes.CDLL(None, use_errno=True)\n"
+        "    fd = libc.socket(2, 1, 0)\n    assert fd >= 0, 'no socket'\n"
+        f"    addr = struct.pack('<HH4s8x', 2, ({port} >> 8) | (({port} & 255) << 8), bytes([127, 0, 0, 1]))\n"
+        "    assert libc.connect(fd, addr, len(addr)) == 0, ctypes.get_errno()\n"
+    )
+    try:
+        for attack in (python_level, libc_level) if mode != "limits only" else (python_level,):
+            assert run(attack + RIGHT)[0].status == "failed"
+        server.settimeout(0.2)
+        with pytest.raises(socket.timeout):
+            server.accept()
+    finally:
+        server.close()
+
+
+@pytest.mark.skipif(not AS_ROOT, reason="the root modes only")
+def test_root_gets_the_namespaces_mode_or_says_why_not(monkeypatch):
+    monkeypatch.delenv(MODE_VARIABLE, raising=False)
+    try:
+        assert sandbox_mode() == "namespaces"
+    except AssertionError:
+        monkeypatch.setenv(MODE_VARIABLE, "namespaces")
+        with pytest.raises(SandboxError):  # the strongest mode was skipped only because it cannot work here
+            sandbox_mode()
+
+
+@pytest.mark.skipif(not AS_ROOT or os.stat(os.path.dirname(os.__file__)).st_mode & 0o005 == 0o005
+                    and confined._first_closed_ancestor(os.__file__) is None,
+                    reason="the interpreter is readable by other users here")
+def test_without_namespaces_an_unreadable_interpreter_is_refused_not_run(monkeypatch):
+    """pyenv under /root: a dropped uid could not import the stdlib lazily; refuse instead of failing samples."""
+    monkeypatch.setenv(MODE_VARIABLE, "limits only")
+    with pytest.raises(SandboxError, match="not readable by the sandbox's uid") as refused:
+        sandbox_mode()
+    # only the forced mode was tried, and the message says so: the namespaces mode may well work here
+    assert str(refused.value).startswith(f"{MODE_VARIABLE}='limits only' forces a mode that does not work on this "
+                                         "machine (no other tried): 'limits only' failed: PermissionError: ")
+
+
+def test_when_no_mode_works_each_mode_tried_is_named_with_its_failure(monkeypatch):
+    """A child script that cannot start (here: missing) fails every mode's probe; the message names each mode
+    the machine would try, in order, with the reason (the interpreter's own words)."""
+    monkeypatch.delenv(MODE_VARIABLE, raising=False)
+    monkeypatch.setattr(supervisor, "_modes", {})  # probe again, not the mode found by an earlier test
+    monkeypatch.setattr(supervisor, "CHILD_SCRIPT", "/nonexistent/confined.py")
+    with pytest.raises(SandboxError) as refused:
+        sandbox_mode()
+    strongest = "namespaces" if AS_ROOT else "user namespaces"
+    message = str(refused.value)
+    assert message.startswith(f"no sandbox mode works on this machine; tried {strongest!r} and 'limits only': "
+                              f"{strongest!r} failed: ")
+    assert "; 'limits only' failed: " in message
+    assert message.count("can't open file '/nonexistent/confined.py'") == 2
+
+
+# --- as a user: the test, as root, starts a process of an unprivileged uid that can run this interpreter
+# (a private mount namespace exposes it as the namespaces mode does) and let it run the attacks itself.
+
+USER_UID = 4242
+EXPOSE_INTERPRETER_AND_BECOME_USER = """
+import os, sys
+sys.path.insert(0, {src!r})
+from lora_one.sandbox import confined as c
+c._check(c.libc.unshare(c.CLONE_NEWNS), "unshare")
+c._mount(None, "/", None, c.MS_REC | c.MS_PRIVATE)
+prefix = os.path.realpath(sys.base_prefix)
+covered = c._first_closed_ancestor(prefix)
+if covered:
+    handle = os.open(prefix, os.O_PATH | os.O_DIRECTORY)
+    c._mount("tmpfs", covered, "tmpfs", 0, "mode=0755")
+    os.makedirs(prefix)
+    c._mount(f"/proc/self/fd/{{handle}}", prefix, None, c.MS_BIND | c.MS_REC)
+c._become({uid})
+os.execve(sys.executable, [sys.executable, "-c", {inner!r}], {env!r})
+"""
+AS_USER = """
+import json, sys
+sys.path.insert(0, {src!r})
+from lora_one.sandbox import Limits, Sample, run_sample, sandbox_mode
+from concurrent.futures import ThreadPoolExecutor
+def run(completion):
+    outcome = run_sample(Sample({prompt!r} + completion, {test!r}, "add", {prompt!r}), Limits(timeout_s=20.0))
+    return [outcome.status, outcome.output_tail]
+cases = {cases!r}
+with ThreadPoolExecutor(len(cases)) as pool:
+    print(json.dumps({{"mode": sandbox_mode(), "cases": dict(zip(cases, pool.map(run, cases.values())))}}))
+"""
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(not AS_ROOT, reason="making an unprivileged process that can run this interpreter needs root")
+@pytest.mark.parametrize("user_mode", ["user namespaces", "limits only"])
+def test_as_a_user_the_verdict_holds_and_user_namespaces_protect_the_users_files(user_mode):
+    import json
+    import shutil
+    import subprocess
+    import sys
+
+    home = f"/run/lora_one_sandbox_test_home_{uuid.uuid4().hex}"  # outside /tmp, which the sandbox covers anyway
+    os.makedirs(f"{home}/project")
+    try:
+        for path, text in ((f"{home}/secret.txt", "HOME-SECRET"), (f"{home}/project/precious.txt", "keep me")):
+            with open(path, "w") as f:
+                f.write(text)
+        for path in (home, f"{home}/project", f"{home}/secret.txt", f"{home}/project/precious.txt"):
+            os.chown(path, USER_UID, USER_UID)
+        os.chmod(f"{home}/secret.txt", 0o600)
+        cases = {"right": RIGHT, "wrong": WRONG, **EXIT_AND_EQUALITY_ATTACKS,
+                 "reads the home": RIGHT + f"try:\n    print(open({home + '/secret.txt'!r}).read())\n"
+                                   "except OSError as e:\n    print(type(e).__name__)\n",
+                 "overwrites the project": RIGHT + f"open({home + '/project/precious.txt'!r}, 'w').write('x')\n"}
+        if user_mode == "user namespaces":  # without namespaces kill(-1) would reach this test's own processes
+            cases.update({f"sibling {i}": "    import time\n    time.sleep(2)\n" + RIGHT for i in range(3)})
+            cases["kills every pid"] = ("    import os, time\n    end = time.time() + 4\n    while time.time() < end:\n"
+                                        "        for pid in [-1] + list(range(2, 1 << 15)):\n            try:\n"
+                                        "                os.kill(pid, 9)\n            except OSError:\n"
+                                        "                pass\n" + RIGHT)
+        src = str(supervisor.CHILD_SCRIPT.rsplit("/lora_one/", 1)[0])
+        env = {"PATH": "/usr/bin:/bin", "HOME": home, "LANG": "C.UTF-8", MODE_VARIABLE: user_mode}
+        inner = AS_USER.format(src=src, prompt=PROMPT, test=TEST, cases=cases)
+        wrapper = EXPOSE_INTERPRETER_AND_BECOME_USER.format(src=src, uid=USER_UID, inner=inner, env=env)
+        done = subprocess.run([sys.executable, "-c", wrapper], capture_output=True, text=True, timeout=300)
+        if user_mode == "user namespaces" and "'user namespaces' failed" in done.stderr:
+            pytest.skip(f"unprivileged user namespaces are not allowed here: {done.stderr[-300:]}")
+        assert done.returncode == 0, done.stderr[-3000:]
+        report = json.loads(done.stdout.strip().splitlines()[-1])
+        statuses = {name: status for name, (status, _) in report["cases"].items()}
+        assert report["mode"] == user_mode
+        assert statuses.pop("right") == "passed"
+        assert all(status == "failed" for name, status in statuses.items() if name in EXIT_AND_EQUALITY_ATTACKS or
+                   name == "wrong"), statuses
+        if user_mode == "user namespaces":
+            assert report["cases"]["reads the home"] == ["passed", "FileNotFoundError\n"]
+            assert statuses["overwrites the project"] == "failed"
+            assert open(f"{home}/project/precious.txt").read() == "keep me"
+            assert [statuses[f"sibling {i}"] for i in range(3)] == ["passed"] * 3
+            assert statuses["kills every pid"] == "passed"
+    finally:
+        shutil.rmtree(home)
