@@ -51,7 +51,8 @@ def test_an_unknown_task_is_refused_with_the_known_ones(capsys):
     with pytest.raises(SystemExit) as refused:
         eval_command(["gsm8", "--limit", "1"])
     assert refused.value.code == 2
-    assert "argument task: invalid choice: 'gsm8' (choose from 'gsm8k', 'humaneval'" in capsys.readouterr().err
+    known = "'commonsense', 'glue', 'gsm8k', 'humaneval', 'mmlu'"
+    assert f"argument task: invalid choice: 'gsm8' (choose from {known})" in capsys.readouterr().err
 
 
 def test_it_scores_as_the_script_does_and_records_its_command(shared_data, tmp_path):
