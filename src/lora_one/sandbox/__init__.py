@@ -40,8 +40,11 @@ Modes (`sandbox_mode()`: the first that works here; `LORA_ONE_SANDBOX_MODE` forc
   writing the user's files, signalling the user's processes or leaving files in /tmp.
 In every mode: `python -I` (no user site, no script directory on sys.path), a minimal environment,
 no inherited descriptors besides its pipes, limits on address space, CPU seconds, file size, open
-files, no core dumps, RLIMIT_NPROC = 0 (no fork, no thread), no_new_privs, nothing imported before
-the confinement but the interpreter's startup and `confined.py`.
+files, no core dumps, RLIMIT_NPROC = 0 (no fork, no thread), no_new_privs, a fresh anonymous session
+keyring, and last a seccomp filter (libseccomp through ctypes, default-allow: `confined.DENIED_SYSCALLS`,
+clone with a namespace flag and netlink sockets fail with EPERM, clone3 with ENOSYS so that glibc uses
+clone); a mode whose filter cannot be installed fails its probe, so no sample runs without it. Nothing
+is imported before the confinement but the interpreter's startup and `confined.py`.
 """
 from lora_one.sandbox.supervisor import (
                                          MODE_VARIABLE,
