@@ -70,7 +70,7 @@ def assert_matches_schema(schema: type, node, where: str) -> None:
             assert_matches_schema(option_schema(annotation, node[name], OPTIONS), node[name], f"{where}.{name}")
 
 
-EVERY_BENCHMARK = "eval=[gsm8k,humaneval,commonsense,mmlu,glue]"
+EVERY_BENCHMARK = "eval=[gsm8k,humaneval,commonsense,mmlu,glue,lm_eval]"
 
 
 @pytest.mark.parametrize("group,option", [(g, o) for g in NAMED_GROUPS for o in options(g)])

@@ -195,6 +195,19 @@ class GlueEval(Benchmark):
 
 
 @dataclass
+class LmEvalEval:
+    """lm-evaluation-harness: the harness chooses its questions (the first `limit` of each task)."""
+
+    tasks: list[str]
+    data_dir: str | None
+    hub: bool
+    num_fewshot: int | None = number(at_least(0), "null: each task's own default (gsm8k: 5)")
+    limit: int | None = number(at_least(1), "null scores every question")
+    batch_size: int = number(at_least(1))
+    bootstrap_iters: int = number(at_least(0), "0 skips the bootstrapped standard errors")
+
+
+@dataclass
 class Eval:
     """One key per benchmark chosen (eval=[gsm8k,humaneval]); eval=none: none."""
 
@@ -203,6 +216,7 @@ class Eval:
     commonsense: CommonsenseEval
     mmlu: MmluEval
     glue: GlueEval
+    lm_eval: LmEvalEval
 
 
 @dataclass

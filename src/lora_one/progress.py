@@ -101,10 +101,12 @@ def elapsed_time(desc: str, show: bool = True):
 def configure_console(verbose: bool) -> None:
     """Unless `verbose`: hide the libraries' FutureWarning/DeprecationWarning (e.g. PEFT reading
     transformers' deprecated `is_gradient_checkpointing` at every wrap), and, away from a terminal,
-    transformers' and the hub's progress bars (a model's "Loading weights" redraws). `verbose`
+    transformers' and the hub's progress bars (a model's "Loading weights" redraws), and
+    lm-evaluation-harness's warnings about the settings it defaults (its errors still show). `verbose`
     leaves all of them as the libraries show them."""
     if verbose:
         return
+    logging.getLogger("lm_eval").setLevel(logging.ERROR)
     for library in LIBRARIES:
         for category in (FutureWarning, DeprecationWarning):
             warnings.filterwarnings("ignore", category=category, module=library)

@@ -51,7 +51,7 @@ def test_an_unknown_task_is_refused_with_the_known_ones(capsys):
     with pytest.raises(SystemExit) as refused:
         eval_command(["gsm8", "--limit", "1"])
     assert refused.value.code == 2
-    known = "'commonsense', 'glue', 'gsm8k', 'humaneval', 'mmlu'"
+    known = "'commonsense', 'glue', 'gsm8k', 'humaneval', 'lm_eval', 'mmlu'"
     assert f"argument task: invalid choice: 'gsm8' (choose from {known})" in capsys.readouterr().err
 
 
