@@ -42,6 +42,7 @@ import matplotlib.pyplot as plt  # noqa: E402
 
 # The headline metric of a benchmark's metrics, first found (nested keys joined by '/').
 HEADLINE_METRICS = ("accuracy", "mean_accuracy", "pass@1", "overall/accuracy")
+HARNESS = "lm_eval"  # eval=lm_eval: every metric of every harness task is a column of its own
 INIT_NAMES = {"default": "LoRA", "gaussian": "LoRA (Gaussian)", "pissa": "PiSSA"}
 EVAL_LOSS = "eval loss"
 # Top-level config keys that say where and how a run was kept, not what it computed.
@@ -195,10 +196,30 @@ def headline(metrics: dict) -> tuple[str, float] | None:
     return None if metric is None else (metric, flat[metric])
 
 
+def harness_scores(metrics: dict) -> dict[tuple[str, str], float]:
+    """{(harness task, metric): value} of eval=lm_eval's results, each metric named as the harness names it
+    and as such: ("gsm8k", "exact_match strict-match (lm-eval, 5-shot)"), ("arc_easy", "acc_norm (lm-eval,
+    0-shot)"); standard errors left out."""
+    scores = {}
+    for task, values in metrics.get("results", {}).items():
+        shots = metrics.get("n-shot", {}).get(task, "?")
+        for key, value in values.items():
+            name, _, filter_name = key.partition(",")
+            if name.endswith("_stderr") or isinstance(value, bool) or not isinstance(value, (int, float)):
+                continue
+            shown = name if filter_name in ("", "none") else f"{name} {filter_name}"
+            scores[(task, f"{shown} (lm-eval, {shots}-shot)")] = value
+    return scores
+
+
 def scores_of(results: dict) -> dict[tuple[str, str], float]:
-    """{(task, metric): value}: each benchmark's headline metric, or (dataset, eval loss)."""
+    """{(task, metric): value}: each benchmark's headline metric (the harness: all its metrics), or
+    (dataset, eval loss)."""
     scores = {}
     for task, metrics in (results.get("eval") or {}).items():
+        if task == HARNESS:
+            scores.update(harness_scores(metrics))
+            continue
         found = headline(metrics)
         if found is not None:
             scores[(task, found[0])] = found[1]
@@ -327,10 +348,15 @@ def task_scores(results: dict) -> dict[str, tuple[str | None, str | None, float 
     """{task: (benchmark, metric, value)} of each benchmark a run scored, as REPRODUCTION.md names
     them: a benchmark configured with a `task` (GLUE: the run's dataset) is that task, scored by its
     `main_metric` (records.metric_name: CoLA's Matthews correlation, MRPC's F1); any other is its own
-    task, scored by its headline metric. A run that scored none counts under its training dataset with
-    neither (its held-out loss is the whole result)."""
+    task, scored by its headline metric; each metric of a harness task (eval=lm_eval) is a task of its
+    own, "gsm8k exact_match strict-match (lm-eval, 5-shot)". A run that scored none counts under its training
+    dataset with neither (its held-out loss is the whole result)."""
     scores = {}
     for benchmark, metrics in (results.get("eval") or {}).items():
+        if benchmark == HARNESS:
+            scores.update({f"{task} {metric}": (benchmark, metric, value)
+                           for (task, metric), value in harness_scores(metrics).items()})
+            continue
         found = ((metric_name(results, benchmark), metrics[metric_name(results, benchmark)])
                  if "main_metric" in metrics else headline(metrics))
         if found is not None:

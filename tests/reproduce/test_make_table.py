@@ -299,3 +299,27 @@ def test_table_from_a_real_learning_rate_sweep(tmp_path):
 def test_settings_sort_numbers_numerically():
     values = ["0.001", "tiny_llama", "1e-05", "0.1", "smollm2_135m"]
     assert sorted(values, key=make_table.setting_order) == ["1e-05", "0.001", "0.1", "smollm2_135m", "tiny_llama"]
+
+
+def test_harness_metrics_become_columns_named_as_the_harness_names_them(tmp_path):
+    """eval=lm_eval: a column per harness task and metric (filter and shots in its name), stderr left out;
+    by hand, strict-match (0.2, 0.3) → 25.00 ± 7.07, arc_easy acc_norm (0.5, 0.6) → 55.00 ± 7.07."""
+    for seed, (strict, flexible, norm) in enumerate([(0.2, 0.4, 0.5), (0.3, 0.5, 0.6)]):
+        harness = {"results": {"gsm8k": {"exact_match,strict-match": strict, "exact_match_stderr,strict-match": 0.1,
+                                         "exact_match,flexible-extract": flexible},
+                               "arc_easy": {"acc,none": 0.4, "acc_stderr,none": 0.05, "acc_norm,none": norm}},
+                   "n-shot": {"gsm8k": 5, "arc_easy": 0}, "versions": {"gsm8k": 3.0, "arc_easy": 1.0}}
+        write_results(tmp_path / str(seed), "LoRA-One", seed, 1.0, [1.0], {"lm_eval": harness})
+    [row], _, columns = make_table.aggregate(make_table.load_runs(tmp_path))
+    assert columns == [("arc_easy", "acc (lm-eval, 0-shot)"), ("arc_easy", "acc_norm (lm-eval, 0-shot)"),
+                       ("gsm8k", "exact_match flexible-extract (lm-eval, 5-shot)"),
+                       ("gsm8k", "exact_match strict-match (lm-eval, 5-shot)")]
+    strict = row.cells[("gsm8k", "exact_match strict-match (lm-eval, 5-shot)")]
+    assert make_table.cell_text(strict, "exact_match") == "25.00 ± 7.07"
+    assert make_table.header_of(columns[3]) == "gsm8k exact_match strict-match (lm-eval, 5-shot) (%) ↑"
+    assert make_table.cell_text(row.cells[columns[1]], "acc_norm") == "55.00 ± 7.07"
+    by_task = make_table.rows_by_task([row])
+    assert sorted(by_task) == ["arc_easy acc (lm-eval, 0-shot)", "arc_easy acc_norm (lm-eval, 0-shot)",
+                               "gsm8k exact_match flexible-extract (lm-eval, 5-shot)",
+                               "gsm8k exact_match strict-match (lm-eval, 5-shot)"]
+    assert by_task["gsm8k exact_match strict-match (lm-eval, 5-shot)"][0][3] == {0: 20.0, 1: 30.0}
