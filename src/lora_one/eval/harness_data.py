@@ -13,10 +13,10 @@ upstream prompts read (`custom_dataset`). The local files are those of the proje
   file is refused naming the row). They are the hub's evaluation splits (BoolQ, PIQA, SIQA, WinoGrande:
   validation; ARC, OpenBookQA: test), without training splits, so few-shot prompts need the hub.
 
-Two differ from the hub by what LLM-Adapters dropped, recorded beside every result (`DEVIATIONS`): BoolQ's
-rows have no passage (the harness prompt starts `\\nQuestion:`; not comparable with published BoolQ numbers),
-and SIQA's context and question were joined by one space, which is how the harness prompt joins them too, so
-its prompts are the hub's (split back at the question's first word, which only the decontamination query reads).
+BoolQ differs from the hub by what LLM-Adapters dropped, recorded beside every result (`DEVIATIONS`): its rows
+have no passage (the harness prompt starts `\\nQuestion:`; not comparable with published BoolQ numbers). SIQA's
+rows join context and question into one text; split back before its last sentence, they render the harness
+prompt `Q: {{context}} {{question}}` as the hub's rows do when LLM-Adapters joined them with one space.
 """
 import json
 import os
@@ -177,16 +177,18 @@ def local_rows(task: str, data_dir: str, fewshot: bool = True) -> dict[str, list
     return splits
 
 
-def local_task_config(task: str, data_dir: str, fewshot: bool = True) -> dict:
+def local_task_config(task: str, data_dir: str, num_fewshot: int | None = None) -> dict:
     """The harness's own config of `task` (upstream YAML, includes and functions resolved) with its data read
-    from `data_dir`: nothing else changes but the split settings the local files imply (zero-shot, with
-    `fewshot` false: no training split is read)."""
+    from `data_dir`: nothing else changes but the split settings the local files imply. The training split,
+    read only for few-shot examples (`num_fewshot`, None: the task's own default), is left out zero-shot
+    (SST-2's is 67k rows)."""
     import datasets
     import lm_eval
     from lm_eval.tasks._yaml_loader import load_yaml
 
     local = LOCAL_TASKS[task]
     config = load_yaml(os.path.join(os.path.dirname(lm_eval.__file__), "tasks", local.upstream))
+    fewshot = (config.get("num_fewshot") or 0 if num_fewshot is None else num_fewshot) > 0
     for key in ("tag", "group"):  # the upstream groups the task belongs to: not run here
         config.pop(key, None)
     splits = {name: datasets.Dataset.from_list(rows) for name, rows in local_rows(task, data_dir, fewshot).items()}

@@ -19,6 +19,7 @@ lm_eval_predictions.jsonl, one line per sample with its `task`.
 import json
 import logging
 import os
+import re
 
 from lora_one import ConfigError
 from lora_one.eval.benchmark import Benchmark, register
@@ -28,6 +29,7 @@ log = logging.getLogger(__name__)
 
 INSTALL_HINT = "pip install -e \".[lm-eval]\" (or bash scripts/setup.sh)"
 SUMMARY_KEYS = ("name", "alias", "sample_len", " ")  # the harness's bookkeeping beside a task's metrics
+CODE_TASKS = re.compile(r"humaneval|mbpp")  # the harness's tasks that execute completions (`unsafe_code`)
 
 
 def task_names(cfg) -> list[str]:
@@ -40,8 +42,8 @@ def is_local(task: str, cfg) -> bool:
     return cfg.data_dir is not None and task in LOCAL_TASKS
 
 
-def uses_fewshot(task: str, cfg, config: dict | None = None) -> bool:
-    shots = cfg.num_fewshot if cfg.num_fewshot is not None else (config or {}).get("num_fewshot") or 0
+def uses_fewshot(cfg, config: dict) -> bool:
+    shots = cfg.num_fewshot if cfg.num_fewshot is not None else config.get("num_fewshot") or 0
     return shots > 0
 
 
@@ -60,6 +62,9 @@ class LmEvalHarness(Benchmark):
         if not tasks:
             raise ConfigError("eval.lm_eval.tasks is empty; name some harness tasks, e.g. [arc_easy,piqa]")
         for task in tasks:
+            if CODE_TASKS.match(task):
+                raise ConfigError(f"lm_eval task '{task}' runs model-written code, which the harness does unconfined; "
+                                  f"use eval=humaneval (sandboxed, lora_one.sandbox)")
             if not is_local(task, cfg) and not cfg.hub:
                 where = "eval.lm_eval.data_dir is null" if cfg.data_dir is None else "it has no local data"
                 raise ConfigError(f"lm_eval task '{task}' would be read from the hub ({where}; local tasks: "
@@ -72,9 +77,9 @@ class LmEvalHarness(Benchmark):
         for task in task_names(cfg):
             config = None
             if is_local(task, cfg):
-                config = local_task_config(task, cfg.data_dir, fewshot=cfg.num_fewshot != 0)
+                config = local_task_config(task, cfg.data_dir, cfg.num_fewshot)
                 has_examples = config.get("fewshot_split") or config.get("training_split")
-                if uses_fewshot(task, cfg, config) and not has_examples:
+                if uses_fewshot(cfg, config) and not has_examples:
                     raise ConfigError(f"lm_eval task '{task}': its local data has no training split for few-shot "
                                       f"examples; use eval.lm_eval.num_fewshot=0 (or the hub: data_dir=null, hub=true)")
             items.append({"id": task, "task": task, "config": config})
@@ -136,12 +141,14 @@ def harness_metrics(cfg, items: list[dict], results: dict) -> dict:
 
 
 def harness_records(results: dict) -> list[dict]:
-    """The harness's per-sample logs, one JSON-safe record per sample with its task and an `idx`."""
+    """The harness's per-sample logs, one JSON-safe record per sample with its task and an `idx` (a task with
+    several filters, gsm8k's strict-match and flexible-extract, logs each document once per filter)."""
     from lm_eval.utils import handle_non_serializable
 
     records = []
     for task, samples in results["samples"].items():
         for sample in samples:
             record = json.loads(json.dumps(sample, default=handle_non_serializable))
-            records.append({"idx": f"{task}/{sample['doc_id']}", "task": task, **record})
+            kept = "" if sample.get("filter", "none") == "none" else f"/{sample['filter']}"
+            records.append({"idx": f"{task}/{sample['doc_id']}{kept}", "task": task, **record})
     return records
