@@ -1,16 +1,18 @@
 """lm-evaluation-harness on local data: every local task's rows against the source files (MANIFEST.md counts,
 labels against the files' answers), the harness prompts rendered from parsed rows against the text of the raw
-LLM-Adapters instructions (hand-checked first rows, and every row where the instruction splits by hand),
+LLM-Adapters instructions (hand-checked first rows; every row's fields cut from its instruction by hand),
 malformed and missing files, the benchmark's config checks, a run_exp run whose metrics are recomputed from
 its per-sample log-likelihoods, and (slow) two processes against one."""
 import json
+import os
 import re
+import subprocess
 import sys
 from pathlib import Path
 
 import pytest
 
-from conftest import QUICK, ROOT, compose_config, run_experiment, run_torchrun
+from conftest import QUICK, ROOT, compose_config, run_experiment
 from lora_one import ConfigError
 from lora_one.eval import BENCHMARKS
 from lora_one.eval.harness_data import LOCAL_TASKS, local_rows, local_task_config
@@ -242,7 +244,8 @@ ARC_ROW = {"instruction": QUESTION_PREFIX + "What melts ice?\n\nAnswer1: heat An
 
 
 def write_commonsense(data_dir: Path, task: str, rows: list[dict]) -> Path:
-    path = data_dir / LOCAL_TASKS[task].files[next(iter(LOCAL_TASKS[task].files))]
+    """`rows` as the task's LLM-Adapters test file under `data_dir`; its path."""
+    path = data_dir / next(iter(LOCAL_TASKS[task].files.values()))
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(json.dumps(rows))
     return path
@@ -261,8 +264,12 @@ def test_well_formed_tmp_rows_parse(tmp_path):
 @pytest.mark.parametrize("task,bad_row", [
     ("piqa", dict(PIQA_ROW, instruction="Which opens a jar: twisting the lid or kicking it?")),
     ("piqa", {key: value for key, value in PIQA_ROW.items() if key != "answer"}),
-    ("arc_easy", dict(ARC_ROW, answer="answer5")),  # three choices
+    ("arc_easy", dict(ARC_ROW, answer="answer5")),  # of three choices
     ("arc_easy", dict(ARC_ROW, instruction=ARC_ROW["instruction"].replace("/answer3", "/answer3/answer4"))),
+    ("piqa", dict(PIQA_ROW, answer="solution3")),  # not an answer its format lists (it would read as label 0)
+    ("piqa", dict(PIQA_ROW, answer="yes")),
+    ("piqa", "a row that is no object"),
+    ("piqa", dict(PIQA_ROW, instruction=None)),
 ])
 def test_a_malformed_row_is_refused_naming_file_and_row(tmp_path, task, bad_row):
     good = PIQA_ROW if task == "piqa" else ARC_ROW
@@ -389,10 +396,18 @@ def test_two_processes_score_as_one(shared_data, tmp_path):
            "eval=lm_eval", f"eval.lm_eval.data_dir={shared_data}", "eval.lm_eval.tasks=[sst2,arc_easy]",
            "eval.lm_eval.limit=11"]
     one = run_experiment(run, tmp_path / "one")
-    two = run_torchrun(run, tmp_path / "two")
+    # conftest's run_torchrun, but keeping stderr: rank 0's progress bar tells how many requests it scored
+    env = {**os.environ, "PYTHONPATH": f"{ROOT / 'src'}:{os.environ.get('PYTHONPATH', '')}", "OMP_NUM_THREADS": "1"}
+    done = subprocess.run(["torchrun", "--standalone", "--nproc_per_node", "2", "run_exp.py", *run,
+                           f"hydra.run.dir={tmp_path / 'two'}"], cwd=ROOT, env=env, capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr[-3000:]
+    two = json.loads((tmp_path / "two" / "results.json").read_text())
     assert one["num_processes"] == 1 and two["num_processes"] == 2
     records = [{r["idx"]: r for r in predictions(tmp_path / name)} for name in ("one", "two")]
     assert len(predictions(tmp_path / "two")) == len(records[1]) == 22  # each sample once
+    scored = re.findall(r"Running loglikelihood requests: 100%\|[^|]*\| (\d+)/\1 ", done.stderr)
+    requests = sum(len(sample["arguments"]) for sample in records[1].values())
+    assert len(scored) == 1 and int(scored[0]) < requests, (scored, requests)  # its share, not every request
     assert records[0].keys() == records[1].keys()
     for idx, sample in records[0].items():
         other = records[1][idx]

@@ -44,18 +44,26 @@ def read_jsonl(path: str) -> list[dict]:
         return [json.loads(line) for line in f if line.strip()]
 
 
-def parse_rows(path: str, pattern: str, to_row: Callable[[re.Match], dict]) -> list[dict]:
-    """The hub's rows from an LLM-Adapters test file: each row's `instruction` must match `pattern` whole."""
+ANSWER_FORMAT = re.compile(r"Answer format: (\S+)$")  # how every LLM-Adapters instruction ends: "true/false"
+
+
+def parse_rows(path: str, pattern: str, to_row: Callable[[re.Match, str], dict]) -> list[dict]:
+    """The hub's rows from an LLM-Adapters test file (a JSON list): each row's `instruction` must match `pattern`
+    whole and its `answer` be one of the words its "Answer format:" lists, or the file is refused naming the row."""
     with open(path) as f:
         rows = json.load(f)
+    if not isinstance(rows, list):
+        raise ConfigError(f"{path}: not a JSON list of LLM-Adapters rows")
     parsed = []
     for number, row in enumerate(rows):
-        match = re.fullmatch(pattern, row.get("instruction", ""), flags=re.DOTALL)
         try:
-            parsed.append(to_row(match, row["answer"].strip().lower()))
-        except (TypeError, ValueError, KeyError, IndexError) as err:  # no match, a missing or odd answer
+            instruction, answer = row["instruction"], row["answer"].strip().lower()
+            if answer not in ANSWER_FORMAT.search(instruction)[1].split("/"):
+                raise ValueError(f"answer {answer!r} is not in the row's answer format")
+            parsed.append(to_row(re.fullmatch(pattern, instruction, flags=re.DOTALL), answer))
+        except (TypeError, ValueError, KeyError, IndexError, AttributeError) as err:  # no match, an odd row
             raise ConfigError(f"{path}: row {number} is not in the LLM-Adapters form this task parses "
-                              f"({row.get('instruction', '')[:60]!r}…)") from err
+                              f"({str(row)[:60]!r}…)") from err
     return parsed
 
 
