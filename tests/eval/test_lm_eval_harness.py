@@ -15,6 +15,7 @@ import pytest
 from conftest import QUICK, ROOT, compose_config, run_experiment
 from lora_one import ConfigError
 from lora_one.eval import BENCHMARKS
+from lora_one.eval.cli import main
 from lora_one.eval.harness_data import LOCAL_TASKS, local_rows, local_task_config
 
 HARNESS = BENCHMARKS["lm_eval"]
@@ -383,6 +384,20 @@ def test_run_exp_metrics_are_the_per_sample_log_likelihood_argmax(shared_data, t
             assert sample["acc"] == float(argmax(log_likelihoods) == target)
         accuracy = sum(sample["acc"] for sample in samples) / len(samples)
         assert harness["results"][task]["acc,none"] == pytest.approx(accuracy, abs=1e-12)
+
+    # The CLI on the run's saved adapter (merged into the base on load) scores as the run's own model did
+    # (adapter layers unmerged): the same log-likelihoods up to float rounding.
+    cli = tmp_path / "cli"
+    main("lm_eval", ["--model", "tiny_llama", "--adapter", str(tmp_path / "adapter"), "--tasks", "boolq,sst2",
+                     "--limit", "8", "--data_dir", str(shared_data), "--output_dir", str(cli)])
+    saved = {r["idx"]: r for r in predictions(cli)}
+    assert saved.keys() == {r["idx"] for r in records}
+    for record in records:
+        for ours, theirs in zip(record["filtered_resps"], saved[record["idx"]]["filtered_resps"]):
+            assert ours[0] == pytest.approx(theirs[0], abs=1e-4)
+    written = json.loads((cli / "lm_eval_results.json").read_text())
+    assert written["adapter"] == str(tmp_path / "adapter")
+    assert written["metrics"]["n-samples"] == {"boolq": 8, "sst2": 8}
 
 
 # --- several processes
