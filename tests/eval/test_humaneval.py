@@ -104,6 +104,7 @@ def test_the_cli_refuses_without_the_opt_in_and_scores_with_it(tmp_path):
     results = json.loads((tmp_path / "out" / "humaneval_results.json").read_text())
     assert results["metrics"]["pass@1"] == 1.0 and results["metrics"]["sandbox"] in ("namespaces", "user namespaces",
                                                                                       "limits only")
+    assert results["metrics"]["sandbox_memory"] in ("cgroup v1", "cgroup v2", "rlimits only")
 
 
 def test_several_greedy_samples_are_refused():

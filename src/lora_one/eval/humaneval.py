@@ -16,7 +16,7 @@ from lora_one.eval.benchmark import GeneratingBenchmark, register
 from lora_one.eval.generation import Decoding
 from lora_one.eval.records import select
 from lora_one.progress import progress
-from lora_one.sandbox import Limits, Sample, SandboxError, run_sample, sandbox_mode
+from lora_one.sandbox import Limits, Sample, SandboxError, run_sample, sandbox_capabilities, sandbox_mode
 
 # A new top-level statement ends the function body (the Codex paper's stop sequences).
 STOP = ("\nclass", "\ndef", "\n#", "\nif", "\nprint")
@@ -75,5 +75,6 @@ class HumanEval(GeneratingBenchmark):
         correct = [sum(r["passed"] for r in records if r["task_id"] == item["id"]) for item in items]
         metrics = {f"pass@{k}": float(estimate_pass_at_k(samples, correct, k).mean())
                    for k in PASS_AT if k <= min(samples)}
-        metrics.update(n_problems=len(items), samples_per_problem=min(samples), sandbox=sandbox_mode())
+        metrics.update(n_problems=len(items), samples_per_problem=min(samples), sandbox=sandbox_mode(),
+                       sandbox_memory=sandbox_capabilities()["memory"])  # what bounded a sample's memory
         return metrics, records

@@ -28,23 +28,42 @@ Modes (`sandbox_mode()`: the first that works here; `LORA_ONE_SANDBOX_MODE` forc
 - "namespaces" (root): each process gets its own uid from a high range (locked per sample, so no
   two running samples share one), new mount/PID/network/IPC/UTS namespaces, the whole filesystem
   read-only, /tmp, /var/tmp and /dev/shm one private tmpfs of `disk_mb` and `max_files` (gone with
-  the namespace), a fresh /proc, no network at all, and the directories above the interpreter that
-  others cannot search (pyenv's /root) replaced by an empty tmpfs with only the interpreter's own
-  directories bound back: the stdlib stays importable after the uid drop, nothing else there is.
-- "user namespaces" (a user, unprivileged user namespaces allowed): the same namespaces, filesystem
-  and tmpfs, plus the user's home hidden; the program runs as the user mapped to uid 0 with every
-  capability dropped. It can still read what the user can read outside the home.
+  the namespace), a fresh /proc, no network at all, a /dev holding only null, zero, random and urandom
+  (bound from the host's) and shm, and the highest directory above the stdlib that others cannot search
+  (pyenv's /root) covered by an empty tmpfs with only what the interpreter needs bound back: the stdlib
+  (lib-dynload included, so lazy imports work after the uid drop) and the files the process has mapped from
+  there (its executable, libpython); site-packages under that stdlib is covered too. Nothing else there is
+  readable, whatever its mode.
+- "user namespaces" (a user, unprivileged user namespaces allowed): the same namespaces, filesystem,
+  tmpfs and /dev, plus the user's home hidden the same way; the program runs as the user mapped to uid 0
+  with every capability dropped. It can still read what the user can read outside the home.
 - "limits only" (no namespaces): a private 0700 directory as cwd/HOME/TMPDIR (removed afterwards),
   the resource limits, Python's socket module disabled; as root also a distinct uid (and its files
-  in /tmp, /var/tmp, /dev/shm removed afterwards). Without root, nothing stops it from reading or
-  writing the user's files, signalling the user's processes or leaving files in /tmp.
+  in /tmp, /var/tmp, /dev/shm removed afterwards). The host's /dev and files stay as visible as to any
+  user. Without root, nothing stops it from reading or writing the user's files, signalling the user's
+  processes or leaving files in /tmp.
 In every mode: `python -I` (no user site, no script directory on sys.path), a minimal environment,
 no inherited descriptors besides its pipes, limits on address space, CPU seconds, file size, open
-files, no core dumps, RLIMIT_NPROC = 0 (no fork, no thread), no_new_privs, a fresh anonymous session
-keyring, and last a seccomp filter (libseccomp through ctypes, default-allow: `confined.DENIED_SYSCALLS`,
-clone with a namespace flag and netlink sockets fail with EPERM, clone3 with ENOSYS so that glibc uses
-clone); a mode whose filter cannot be installed fails its probe, so no sample runs without it. Nothing
-is imported before the confinement but the interpreter's startup and `confined.py`.
+files, no core dumps, RLIMIT_NPROC = 0, no_new_privs, a fresh anonymous session keyring, and last a
+seccomp filter (libseccomp through ctypes, default-allow: `confined.DENIED_SYSCALLS` and netlink sockets fail
+with EPERM). The filter denies every new task (clone, clone3, fork, vfork): no process, no thread, even where
+RLIMIT_NPROC does not bind (the kernel exempts the host's root, which "user namespaces" forced as root is).
+A mode whose filter cannot be installed fails its probe, so no sample runs without it. Nothing is imported
+before the confinement but the interpreter's startup and `confined.py`.
+
+Memory (`sandbox_capabilities()["memory"]`): where this process may make memory cgroups ("cgroup v1" or
+"cgroup v2", see `memory_cgroup`), each process of a sample runs in one of its own limited to `memory_mb`
+without swap, which it joins first thing, before it creates any other process: everything it allocates is
+counted, heap and the tmpfs pages it writes alike, the kernel's OOM killer ends that process alone, and the
+tester reports the candidate's end as a failure of that sample. The cgroup is removed after the sample (any
+process left in it killed first). Elsewhere ("rlimits only": not root, or no usable memory controller) memory
+is bounded per process by RLIMIT_AS/RLIMIT_DATA, the writable space by the tmpfs sizes, and SysV shared memory
+by the filter; page cache and kernel memory are then not bounded per sample.
+
+Not covered: what every user may read stays readable (in "limits only" as a user: everything the user can
+read); /sys stays visible, read-only, in the namespace modes; CPU time is bounded per process (RLIMIT_CPU) and
+by the wall clock, not shared fairly between samples; timing and cache side channels; a kernel bug reachable
+through the syscalls the filter allows.
 """
 from lora_one.sandbox.supervisor import (
                                          MODE_VARIABLE,
@@ -54,7 +73,9 @@ from lora_one.sandbox.supervisor import (
                                          Sample,
                                          SandboxError,
                                          run_sample,
+                                         sandbox_capabilities,
                                          sandbox_mode,
 )
 
-__all__ = ["MODES", "MODE_VARIABLE", "Limits", "Outcome", "Sample", "SandboxError", "run_sample", "sandbox_mode"]
+__all__ = ["MODES", "MODE_VARIABLE", "Limits", "Outcome", "Sample", "SandboxError", "run_sample",
+           "sandbox_capabilities", "sandbox_mode"]

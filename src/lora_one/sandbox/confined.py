@@ -22,6 +22,7 @@ import json
 import os
 import resource
 import signal
+import stat
 import sys
 import traceback
 
@@ -32,15 +33,16 @@ PR_SET_PDEATHSIG, PR_SET_DUMPABLE, PR_SET_SECUREBITS, PR_SET_NO_NEW_PRIVS = 1, 4
 SECBIT_NOROOT_AND_LOCK = 0x3  # exec never grants capabilities to uid 0 (inside a user namespace)
 SYS_MOUNT_SETATTR, AT_FDCWD, AT_RECURSIVE, MOUNT_ATTR_RDONLY = 442, -100, 0x8000, 0x1  # same number on x86-64 and arm64
 KEYCTL_JOIN_SESSION_KEYRING = 1
-EPERM, ENOSYS, AF_NETLINK = 1, 38, 16
+EPERM, AF_NETLINK = 1, 16
 SCMP_ACT_ALLOW, SCMP_ACT_ERRNO = 0x7FFF0000, 0x00050000  # libseccomp's seccomp.h; ERRNO is or-ed with the errno
-SCMP_FLTATR_ACT_BADARCH, SCMP_CMP_EQ, SCMP_CMP_MASKED_EQ, NR_SCMP_ERROR = 2, 4, 7, -1
-CLONE_NEWCGROUP = 0x02000000
-NAMESPACE_FLAGS = (CLONE_NEWNS, CLONE_NEWCGROUP, CLONE_NEWUTS, CLONE_NEWIPC, CLONE_NEWUSER, CLONE_NEWPID, CLONE_NEWNET)
-# Denied with EPERM in every sample process: the kernel's shared objects that namespaces do not separate
-# (keyrings, SysV IPC in "limits only"), ways back to capabilities (nested namespaces, mounts), and kernel
-# surfaces no HumanEval program needs (io_uring, bpf, perf, tracing, other processes' memory, modules).
+SCMP_FLTATR_ACT_BADARCH, SCMP_CMP_EQ, NR_SCMP_ERROR = 2, 4, -1
+# Denied with EPERM in every sample process: any new task (RLIMIT_NPROC = 0 means the same, but does not bind
+# the host's root, which a sample is to the kernel in "user namespaces" forced as root), the kernel's shared
+# objects that namespaces do not separate (keyrings, SysV IPC in "limits only"), ways back to capabilities
+# (namespaces, mounts), and kernel surfaces no HumanEval program needs (io_uring, bpf, perf, tracing, other
+# processes' memory, modules).
 DENIED_SYSCALLS = (
+    "clone", "clone3", "fork", "vfork",
     "add_key", "keyctl", "request_key",
     "shmget", "shmat", "msgget", "semget",
     "unshare", "setns",
@@ -52,6 +54,8 @@ DENIED_SYSCALLS = (
 )
 SCRATCH = "/tmp"  # in the namespace modes: the only writable place, a size-capped tmpfs
 SHARED_TMP = ("/var/tmp", "/dev/shm")  # bind-mounted onto the same tmpfs
+DEVICES = ("null", "zero", "random", "urandom")  # the only nodes of the namespace modes' /dev
+PACKAGE_DIRECTORIES = ("site-packages", "dist-packages")  # under a stdlib that is bound back: covered again
 HEADER_BYTES = 8
 READY = b"R"
 
@@ -221,14 +225,10 @@ def _join_fresh_session_keyring(libseccomp: ctypes.CDLL) -> None:
         raise OSError(errno, f"join a new session keyring: {os.strerror(errno)}")
 
 
-def _denial_rules() -> list[tuple[int, str, list[tuple]]]:
-    """(action, syscall, argument comparisons): DENIED_SYSCALLS whatever their arguments; clone with any
-    namespace flag (one rule per flag: MASKED_EQ matches when that bit is set); a netlink socket; and clone3,
-    whose flags are in memory a filter cannot read, with ENOSYS: glibc then falls back to clone and its rules."""
-    denied = SCMP_ACT_ERRNO | EPERM
-    rules = [(denied, name, []) for name in DENIED_SYSCALLS]
-    rules += [(denied, "clone", [(0, SCMP_CMP_MASKED_EQ, flag, flag)]) for flag in NAMESPACE_FLAGS]
-    return rules + [(SCMP_ACT_ERRNO | ENOSYS, "clone3", []), (denied, "socket", [(0, SCMP_CMP_EQ, AF_NETLINK, 0)])]
+def _denial_rules() -> list[tuple[str, list[tuple]]]:
+    """(syscall, argument comparisons), each denied with EPERM: DENIED_SYSCALLS whatever their arguments, and a
+    netlink socket. Nothing the sandbox does after the filter starts a task: the shim forked before it."""
+    return [(name, []) for name in DENIED_SYSCALLS] + [("socket", [(0, SCMP_CMP_EQ, AF_NETLINK, 0)])]
 
 
 def _install_syscall_filter(libseccomp: ctypes.CDLL) -> None:
@@ -242,23 +242,77 @@ def _install_syscall_filter(libseccomp: ctypes.CDLL) -> None:
     try:  # another architecture's numbers (32-bit calls) would bypass the rules: denied as a whole
         _check_seccomp(libseccomp.seccomp_attr_set(context, SCMP_FLTATR_ACT_BADARCH, SCMP_ACT_ERRNO | EPERM),
                        "bad architecture action")
-        for action, name, comparisons in _denial_rules():
+        for name, comparisons in _denial_rules():
             array = (_ArgumentComparison * len(comparisons))(*(_ArgumentComparison(*c) for c in comparisons))
             _check_seccomp(libseccomp.seccomp_rule_add_array(
-                context, action, syscall_number(libseccomp, name), len(comparisons), array), f"rule for {name}")
+                context, SCMP_ACT_ERRNO | EPERM, syscall_number(libseccomp, name), len(comparisons), array),
+                f"rule for {name}")
         _check_seccomp(libseccomp.seccomp_load(context), "load")
     finally:
         libseccomp.seccomp_release(context)
 
 
-def _build_filesystem(limits: dict, owner: int, hide: list[str]) -> None:
-    """Everything read-only; /tmp, /var/tmp, /dev/shm one tmpfs of `disk_mb` and `max_files` owned by
-    `owner`; a fresh /proc of the new PID namespace; each directory in `hide` covered by an empty
-    tmpfs, except the interpreter's directories under it, bound back so the stdlib stays importable."""
+def _under(path: str, directories) -> bool:
+    return any(path.startswith(directory + os.sep) for directory in directories)
+
+
+def _mapped_files(covered: list[str], bound: list[str]) -> set[str]:
+    """The files under `covered` but not under `bound` that this process has mapped: the interpreter's
+    executable, libpython when it is shared, C libraries loaded so far."""
+    with open("/proc/self/maps") as maps:
+        paths = {fields[5] for fields in (line.rstrip("\n").split(maxsplit=5) for line in maps) if len(fields) == 6}
+    return {path for path in paths
+            if _under(path, covered) and not _under(path, bound) and os.path.isfile(path)}  # not "... (deleted)"
+
+
+def _cover(directory: str) -> None:
+    _mount("tmpfs", directory, "tmpfs", MS_NOSUID | MS_NODEV | MS_NOEXEC, "size=64k,nr_inodes=256,mode=0755")
+
+
+def _bind_back(handles: dict[str, int], covered: str) -> None:
+    """Each kept path under `covered` (a directory or a file, opened before the cover) at its old place."""
+    for path, handle in handles.items():
+        if _under(path, [covered]):
+            os.makedirs(os.path.dirname(path), exist_ok=True)
+            if stat.S_ISDIR(os.fstat(handle).st_mode):
+                os.makedirs(path, exist_ok=True)
+            else:  # a file's mount point is a file
+                os.close(os.open(path, os.O_CREAT | os.O_WRONLY, 0o644))
+            _mount(f"/proc/self/fd/{handle}", path, None, MS_BIND | MS_REC)
+
+
+def _build_dev() -> None:
+    """/dev with DEVICES only (bound from the host's) and an empty shm, the mount point of the scratch tmpfs:
+    no terminal, no kernel log, no GPU, no disk."""
+    handles = {name: os.open(f"/dev/{name}", os.O_PATH) for name in DEVICES}
+    _mount("tmpfs", "/dev", "tmpfs", MS_NOSUID | MS_NOEXEC, "size=64k,nr_inodes=64,mode=0755")
+    for name, handle in handles.items():
+        os.close(os.open(f"/dev/{name}", os.O_CREAT | os.O_WRONLY, 0o666))
+        _mount(f"/proc/self/fd/{handle}", f"/dev/{name}", None, MS_BIND)
+        os.close(handle)
+    os.mkdir("/dev/shm")
+
+
+def _build_filesystem(limits: dict, owner: int, hide: list[str], stdlib: list[str]) -> None:
+    """Everything read-only; /tmp, /var/tmp, /dev/shm one tmpfs of `disk_mb` and `max_files` owned by `owner`;
+    /dev with DEVICES only; a fresh /proc of the new PID namespace. Each directory in `hide`, and the highest
+    directory above the stdlib that others cannot search (pyenv's /root), is covered by an empty tmpfs, with
+    only what the interpreter needs bound back: the `stdlib` directories (lib-dynload included) for lazy
+    imports, and the files this process maps from there (the executable, libpython); site-packages under a
+    stdlib bound back is covered again. Nothing else under a covered directory is visible."""
     _mount(None, "/", None, MS_REC | MS_PRIVATE)
-    interpreter = sorted({os.path.realpath(p) for p in (sys.base_prefix, sys.prefix)})
-    hide = sorted(set(hide) | {a for a in map(_first_closed_ancestor, interpreter) if a})
-    handles = {path: os.open(path, os.O_PATH | os.O_DIRECTORY) for path in interpreter}
+    hide = sorted(set(hide) | {a for a in map(_first_closed_ancestor, stdlib) if a})
+    kept = sorted({d for d in stdlib if _under(d, hide)} | _mapped_files(hide, stdlib))
+    handles = {path: os.open(path, os.O_PATH) for path in kept}
+    for covered in filter(os.path.isdir, hide):
+        _cover(covered)
+        _bind_back(handles, covered)
+    for handle in handles.values():
+        os.close(handle)
+    for packages in (os.path.join(d, name) for d in stdlib if d in kept for name in PACKAGE_DIRECTORIES):
+        if os.path.isdir(packages):
+            _cover(packages)
+    _build_dev()
     attr = (ctypes.c_uint64 * 4)(MOUNT_ATTR_RDONLY, 0, 0, 0)
     _check(libc.syscall(SYS_MOUNT_SETATTR, AT_FDCWD, b"/", AT_RECURSIVE, attr, ctypes.sizeof(attr)), "read-only /")
     _mount("tmpfs", SCRATCH, "tmpfs", MS_NOSUID | MS_NODEV | MS_NOEXEC,
@@ -267,14 +321,6 @@ def _build_filesystem(limits: dict, owner: int, hide: list[str]) -> None:
         if os.path.isdir(path):
             _mount(SCRATCH, path, None, MS_BIND)
     _mount("proc", "/proc", "proc", MS_NOSUID | MS_NODEV | MS_NOEXEC)
-    for covered in filter(os.path.isdir, hide):  # one under /tmp is hidden already
-        _mount("tmpfs", covered, "tmpfs", MS_NOSUID | MS_NODEV, "size=64k,mode=0755")
-        for path, handle in handles.items():
-            if path.startswith(covered + os.sep):
-                os.makedirs(path, exist_ok=True)
-                _mount(f"/proc/self/fd/{handle}", path, None, MS_BIND | MS_REC)
-    for handle in handles.values():
-        os.close(handle)
 
 
 def _drop_capabilities() -> None:
@@ -290,16 +336,26 @@ def _become(uid: int) -> None:
     os.setresuid(uid, uid, uid)
 
 
+def _join_memory_cgroup(procs: str) -> None:
+    """Move this process into the memory cgroup the parent made for it (`procs`: its cgroup.procs; "0" is the
+    writer). First of all, while this process is still alone and privileged: every process it starts later
+    (the namespace's init) is born inside, so nothing of the sample runs outside the limit."""
+    with open(procs, "w") as f:
+        f.write("0")
+
+
 def confine(spec: dict, libseccomp: ctypes.CDLL) -> None:
     """Apply the mode's confinement to this process (see lora_one.sandbox for what each gives); the syscall
     filter last, so that nothing the sample runs escapes it and the setup above may still use what it denies."""
     limits, mode, uid = spec["limits"], spec["mode"], spec["uid"]
+    if spec["memory_cgroup_procs"]:
+        _join_memory_cgroup(spec["memory_cgroup_procs"])
     if mode == "limits only":
         os.chdir(spec["workdir"])
     else:
         as_root = mode == "namespaces"
         _enter_namespaces(as_root)
-        _build_filesystem(limits, uid if as_root else 0, spec["hide"])
+        _build_filesystem(limits, uid if as_root else 0, spec["hide"], spec["stdlib"])
         os.chdir(SCRATCH)
     memory = limits["memory_mb"] * 2**20
     _limit(resource.RLIMIT_AS, memory)

@@ -11,12 +11,13 @@ import signal
 import stat
 import subprocess
 import sys
+import sysconfig
 import tempfile
 import threading
 import time
 from dataclasses import asdict, dataclass
 
-from lora_one.sandbox import confined
+from lora_one.sandbox import confined, memory_cgroup
 
 CHILD_SCRIPT = os.path.abspath(confined.__file__)  # launched as a file (`python -I`): lora_one is not imported there
 MODES = ("namespaces", "user namespaces", "limits only")
@@ -27,6 +28,9 @@ SHARED_TMP = ("/tmp", "/var/tmp", "/dev/shm")
 READ_CHUNK = 1 << 16
 VERDICT_MAX_BYTES = 1 << 16
 SHIM_GRACE_S = 5.0  # a shim kills its namespace's init at once; only a stalled machine takes longer
+# What the namespace modes bind back of an interpreter under a directory others cannot search (with the files
+# the child maps from there): the stdlib for lazy imports, and its C extension modules (lib-dynload)
+STDLIB = sorted({os.path.realpath(sysconfig.get_path(name)) for name in ("stdlib", "platstdlib")})
 
 
 class SandboxError(RuntimeError):
@@ -36,7 +40,7 @@ class SandboxError(RuntimeError):
 @dataclass(frozen=True)
 class Limits:
     timeout_s: float = 10.0  # wall clock of the whole sample
-    memory_mb: int = 1024  # address space of each process
+    memory_mb: int = 1024  # address space of each process; with a memory cgroup also all memory it charges
     disk_mb: int = 16  # all writable space together (namespaces); the largest file (limits only)
     max_files: int = 256  # files and directories in the private tmpfs (namespaces)
     output_kb: int = 16  # how much of the programs' output tail is kept
@@ -98,6 +102,14 @@ def sandbox_mode() -> str:
             else:
                 raise SandboxError(_no_mode_works(failures, forced))
         return _modes[forced]
+
+
+def sandbox_capabilities() -> dict:
+    """What confines a sample here: the mode (`sandbox_mode`), and what bounds its memory: "cgroup v1" or
+    "cgroup v2" (a memory cgroup of `memory_mb` per sample process, lora_one.sandbox.memory_cgroup), or
+    "rlimits only" (no memory cgroup can be made here: the address-space limit and the tmpfs sizes)."""
+    hierarchy = memory_cgroup.find()
+    return {"mode": sandbox_mode(), "memory": f"cgroup v{hierarchy.version}" if hierarchy else "rlimits only"}
 
 
 def _probe(mode: str) -> str | None:
@@ -167,7 +179,7 @@ class _Run:
         output_r, output_w = self.pipe()
         common = {"mode": self.mode, "limits": asdict(self.limits),
                   "entry_point": entry_point, "max_message_bytes": self.limits.max_message_mb * 2**20,
-                  "hide": _home_to_hide(self.mode)}
+                  "hide": _home_to_hide(self.mode), "stdlib": STDLIB}
         deadline = time.monotonic() + self.limits.timeout_s
         if candidate_input is not None:
             self.spawn({**common, "role": "candidate", "call_fd": call_r, "answer_fd": answer_w},
@@ -182,7 +194,9 @@ class _Run:
     def spawn(self, spec: dict, payload: dict, output_fd: int) -> None:
         uid = self.claim_uid() if os.geteuid() == 0 and self.mode != "user namespaces" else None
         home = confined.SCRATCH if self.mode != "limits only" else self.private_dir(uid)
-        spec = {**spec, "uid": uid, "workdir": home}
+        cgroup = self.new_memory_cgroup()
+        spec = {**spec, "uid": uid, "workdir": home,
+                "memory_cgroup_procs": os.path.join(cgroup, "cgroup.procs") if cgroup else None}
         payload_fd = os.memfd_create("sandbox-input")
         self.fds.add(payload_fd)
         data = json.dumps(payload).encode()
@@ -214,6 +228,16 @@ class _Run:
             self.uids.append(uid)
             return uid
         raise SandboxError(f"all {UID_SLOTS} sandbox uids are in use")
+
+    def new_memory_cgroup(self) -> str | None:
+        """A memory cgroup of `memory_mb` for one process of the sample (which joins it itself, first thing),
+        removed once the sample's processes are gone; None where the host allows none."""
+        hierarchy = memory_cgroup.find()
+        if hierarchy is None:
+            return None
+        path = hierarchy.create(self.limits.memory_mb * 2**20)
+        self.stack.callback(memory_cgroup.remove, path, SHIM_GRACE_S)
+        return path
 
     def private_dir(self, uid: int | None) -> str:
         path = tempfile.mkdtemp(prefix="lora_one_sandbox_")  # mode 0700
