@@ -793,3 +793,294 @@ def test_each_layout_gets_memory_without_swap_and_its_optional_limits_where_they
         ("memory.limit_in_bytes", 64 * mb), ("memory.memsw.limit_in_bytes", 64 * mb)]
     assert v2.limits(64 * mb, {"memory.max", "memory.swap.max", "pids.max"}) == [
         ("memory.max", 64 * mb), ("memory.swap.max", 0), ("pids.max", memory_cgroup.TASKS_PER_PROCESS)]
+
+
+# --- issue 19, "done when": nothing a sample learns reaches a later sample, and host shared memory stays bounded
+
+LEARN_PROMPT = 'def is_kept(x):\n    """whether x is kept"""\n'
+KEPT = (True, False, True, False)  # the strategy's fixed first guess (True) is wrong at the second call
+LEARN_TEST = "def check(candidate):\n" + "".join(f"    assert candidate({i}) is {v}\n" for i, v in enumerate(KEPT))
+# A completion that never computes the answer: it learns the hidden tests through any state a later sample can
+# reach (LEARNING_HELPERS, run by `learning_completion`). Its record is "<its nonce>:<one token per call>", a
+# token being the answer it gave (T/F) and whether the tester called again afterwards (c: confirmed right) or
+# not yet (p: pending; if the record ends there, that answer failed). Each call reads every channel, answers
+# from a record of another sample when it finds one (and prints FOUND-RECORD), else guesses True, then writes its
+# updated record to every channel that takes it. It prints SELF for each channel from which it reads back its
+# own record of the previous call (the channel works within its sample) and UNWRITABLE with the errno for each
+# that refuses the record, so no channel fails silently.
+LEARNING_HELPERS = """import ctypes, errno, os, struct
+libc = ctypes.CDLL(None, use_errno=True)
+NONCE = os.urandom(4).hex()
+DESCRIPTION = MARKER.encode() + b"-record"
+IPC_KEY = int(MARKER[-7:], 16)
+KEYCTL_SETPERM, KEYCTL_SEARCH, KEYCTL_READ, KEY_SPEC_SESSION, KEY_SPEC_USER = 5, 10, 11, -3, -4
+IPC_CREAT_0666, IPC_NOWAIT = 0o1666, 0o4000
+O_RDWR, O_CREAT, O_NONBLOCK = os.O_RDWR, os.O_CREAT, os.O_NONBLOCK
+libc.mq_open.restype = libc.shmat.restype = ctypes.c_void_p
+tokens, learned, bound_socket, said_self = [], [""], [], set()  # learned: the longest record of another sample
+FILE_PLACES = {"file /tmp": "/tmp", "file /var/tmp": "/var/tmp", "file /dev/shm": "/dev/shm",
+               "file cwd": os.getcwd(), "file home": os.environ.get("HOME", "/"), "file /run/lock": "/run/lock"}
+
+def failed(result):
+    if result is None or result < 0:
+        raise OSError(ctypes.get_errno(), os.strerror(ctypes.get_errno()))
+    return result
+
+def read_file(place):
+    with open(os.path.join(place, MARKER + "-record")) as f:
+        return f.read()
+
+def write_file(place, record):
+    path = os.path.join(place, MARKER + "-record")
+    with open(path, "w") as f:
+        f.write(record)
+    os.chmod(path, 0o666)
+
+def read_key(keyring):
+    key = failed(libc.syscall(NR["keyctl"], KEYCTL_SEARCH, keyring, b"user", DESCRIPTION, 0))
+    buffer = ctypes.create_string_buffer(256)
+    size = failed(libc.syscall(NR["keyctl"], KEYCTL_READ, key, buffer, 256))
+    return buffer.raw[:size].decode()
+
+def write_key(keyring, record):
+    key = failed(libc.syscall(NR["add_key"], b"user", DESCRIPTION, record.encode(), len(record), keyring))
+    failed(libc.syscall(NR["keyctl"], KEYCTL_SETPERM, key, 0x3F3F3F3F))  # all rights to all
+
+def read_sysv_shm():
+    address = failed(libc.shmat(failed(libc.shmget(IPC_KEY, 0, 0)), None, 0) or -1)
+    return ctypes.string_at(address, 64).split(b"\\0")[0].decode()
+
+def write_sysv_shm(record):
+    address = failed(libc.shmat(failed(libc.shmget(IPC_KEY, 4096, IPC_CREAT_0666)), None, 0) or -1)
+    ctypes.memmove(address, record.encode() + b"\\0", len(record) + 1)
+
+def read_sysv_msg():
+    queue, buffer = failed(libc.msgget(IPC_KEY, 0)), ctypes.create_string_buffer(8 + 256)
+    size = failed(libc.msgrcv(queue, buffer, 256, 0, IPC_NOWAIT))
+    failed(libc.msgsnd(queue, buffer, size, IPC_NOWAIT))  # put it back for the next reader
+    return buffer.raw[8:8 + size].decode()
+
+def write_sysv_msg(record):
+    queue, buffer = failed(libc.msgget(IPC_KEY, IPC_CREAT_0666)), ctypes.create_string_buffer(8 + 256)
+    while libc.msgrcv(queue, buffer, 256, 0, IPC_NOWAIT) >= 0:  # drain older records
+        pass
+    failed(libc.msgsnd(queue, struct.pack("q", 1) + record.encode(), len(record), IPC_NOWAIT))
+
+def posix_queue(flags):
+    return failed(libc.mq_open(b"/" + DESCRIPTION, flags, 0o666, None) or -1)
+
+def read_posix_mq():
+    queue, buffer = posix_queue(O_RDWR | O_NONBLOCK), ctypes.create_string_buffer(1 << 16)
+    try:
+        size = failed(libc.mq_receive(ctypes.c_int(queue), buffer, 1 << 16, None))
+        failed(libc.mq_send(ctypes.c_int(queue), buffer, size, 0))  # put it back for the next reader
+        return buffer.raw[:size].decode()
+    finally:
+        libc.mq_close(ctypes.c_int(queue))
+
+def write_posix_mq(record):
+    queue, buffer = posix_queue(O_RDWR | O_CREAT | O_NONBLOCK), ctypes.create_string_buffer(1 << 16)
+    try:
+        while libc.mq_receive(ctypes.c_int(queue), buffer, 1 << 16, None) >= 0:  # drain older records
+            pass
+        failed(libc.mq_send(ctypes.c_int(queue), record.encode(), len(record), 0))
+    finally:
+        libc.mq_close(ctypes.c_int(queue))
+
+def read_abstract_socket():  # an abstract unix socket's name is the record; /proc/net/unix lists the names
+    prefix = "@" + MARKER + "-record-"
+    names = [line.split()[-1] for line in open("/proc/net/unix") if line.split()[-1].startswith(prefix)]
+    if not names:
+        raise FileNotFoundError("no such socket")
+    return max(names, key=len)[len(prefix):]
+
+def write_abstract_socket(record):
+    name = b"\\0" + MARKER.encode() + b"-record-" + record.encode()
+    descriptor = failed(libc.socket(1, 1, 0))  # AF_UNIX, SOCK_STREAM, through libc: no Python socket module
+    address = struct.pack("H", 1) + name
+    failed(libc.bind(descriptor, address, len(address)))
+    for old in bound_socket:
+        os.close(old)
+    bound_socket[:] = [descriptor]
+
+CHANNELS = {
+    **{name: (lambda place=place: read_file(place), lambda record, place=place: write_file(place, record))
+       for name, place in FILE_PLACES.items()},
+    "keyring user": (lambda: read_key(KEY_SPEC_USER), lambda record: write_key(KEY_SPEC_USER, record)),
+    "keyring session": (lambda: read_key(KEY_SPEC_SESSION), lambda record: write_key(KEY_SPEC_SESSION, record)),
+    "sysv shm": (read_sysv_shm, write_sysv_shm),
+    "sysv msg": (read_sysv_msg, write_sysv_msg),
+    "posix mq": (read_posix_mq, write_posix_mq),
+    "abstract socket": (read_abstract_socket, write_abstract_socket),
+}
+
+def learned_answer():
+    call = len(tokens)
+    print("CALL", call)
+    for name, (read, _) in CHANNELS.items():
+        try:
+            nonce, record = read().split(":")
+        except (OSError, ValueError):
+            continue
+        if nonce != NONCE:
+            print("FOUND-RECORD", name, record)
+            learned[0] = max(learned[0], record, key=len)
+        elif name not in said_self and record == "".join(tokens):
+            print("SELF", name)
+            said_self.add(name)
+    if tokens:
+        tokens[-1] = tokens[-1][0] + "c"  # called again: the previous answer was right
+    known = learned[0][2 * call:2 * call + 2]
+    answer = (known[0] == "T") == (known[1] == "c") if known else True
+    tokens.append(("T" if answer else "F") + "p")
+    for name, (_, write) in CHANNELS.items():
+        try:
+            write(NONCE + ":" + "".join(tokens))
+        except OSError as error:
+            if call == 0:
+                print("UNWRITABLE", name, errno.errorcode.get(error.errno, error.errno))
+    return answer
+"""
+
+
+def learning_completion(marker: str) -> str:
+    constants = {name: syscall_number(name) for name in ("keyctl", "add_key")}
+    return f"    return learned_answer()\nMARKER, NR = {marker!r}, {constants!r}\n" + LEARNING_HELPERS
+
+
+def test_no_state_crosses_from_one_sample_to_the_next(mode, host):
+    """Issue 19's attack: a completion that never computes the answer tries to learn the hidden tests across
+    samples and evaluations (see LEARNING_HELPERS). Without memory its strategy answers True at every call and
+    fails at the second (KEPT): pass@1 = 0, each sample getting exactly 2 calls. Through a channel that outlived a
+    sample, the third sample of the first evaluation would pass. Two evaluations of 3 samples, the first one after
+    another, the second at the same time (as HumanEval.score runs them): no sample finds another's record, pass@1
+    stays 0, and every channel either works within its sample (SELF) or refuses the record (UNWRITABLE)."""
+    sample = Sample(LEARN_PROMPT + learning_completion(host.marker), LEARN_TEST, "is_kept", LEARN_PROMPT)
+    limits = Limits(timeout_s=10.0, memory_mb=512, disk_mb=4, max_files=64)
+    outcomes = [run_sample(sample, limits) for _ in range(3)]
+    with ThreadPoolExecutor(3) as pool:
+        outcomes += list(pool.map(lambda _: run_sample(sample, limits), range(3)))
+    for outcome in outcomes:
+        lines = outcome.output_tail.splitlines()
+        assert not any(line.startswith("FOUND-RECORD") for line in lines), outcome.output_tail
+        assert [line for line in lines if line.startswith("CALL")] == ["CALL 0", "CALL 1"], outcome
+        worked = {line.split(" ", 1)[1] for line in lines if line.startswith("SELF")}
+        refused = {line.split(" ", 1)[1].rsplit(" ", 1)[0]: line.rsplit(" ", 1)[1]
+                   for line in lines if line.startswith("UNWRITABLE")}
+        assert worked | set(refused) == CHANNEL_NAMES and not worked & set(refused), outcome.output_tail
+        assert {refused[name] for name in FILTERED_CHANNELS} == {"EPERM"}, refused
+        if mode != "limits only":  # in the private network and mount namespaces these work but end there
+            assert {"abstract socket", "file /tmp", "file cwd"} <= worked, outcome.output_tail
+    pass_at_1 = sum(outcome.passed for outcome in outcomes) / len(outcomes)
+    assert pass_at_1 == 0.0, [outcome.status for outcome in outcomes]
+    assert host_keys_named(host.marker) == []
+    host.assert_unchanged()
+
+
+FILTERED_CHANNELS = {"keyring user", "keyring session", "sysv shm", "sysv msg", "posix mq"}  # the seccomp filter
+CHANNEL_NAMES = {"file /tmp", "file /var/tmp", "file /dev/shm", "file cwd", "file home", "file /run/lock",
+                 "abstract socket"} | FILTERED_CHANNELS
+
+
+def host_shmem_mb() -> float:
+    """The host's shared memory (tmpfs pages, SysV and POSIX segments, memfds, shared anonymous mappings)."""
+    with open("/proc/meminfo") as meminfo:
+        return next(int(line.split()[1]) for line in meminfo if line.startswith("Shmem:")) / 1024
+
+
+def shmem_during_and_after(completion: str, limits: Limits):
+    """(outcome, the host's Shmem growth at its peak while the sample ran, its growth once the sample is over),
+    sampled every 10 ms from a thread: the sample's tmpfs lives only as long as its namespace."""
+    import threading
+
+    before, peak, running = host_shmem_mb(), [0.0], threading.Event()
+    running.set()
+
+    def watch():
+        while running.is_set():
+            peak[0] = max(peak[0], host_shmem_mb())
+            time.sleep(0.01)
+
+    watcher = threading.Thread(target=watch)
+    watcher.start()
+    try:
+        outcome, _ = run(completion, limits, test=ONE_CALL)
+    finally:
+        running.clear()
+        watcher.join()
+    return outcome, peak[0] - before, host_shmem_mb() - before
+
+
+SHMEM_SLACK_MB = 4  # other processes of this shared machine change the host's Shmem meanwhile (see the test)
+FILL_SHARED_TMPFS = RIGHT + """import ctypes, errno, os, time
+libc = ctypes.CDLL(None, use_errno=True)
+written = 0
+for n, top in enumerate(('/dev/shm', '/tmp', '/var/tmp', os.getcwd())):  # one tmpfs in the namespace modes
+    for i in range(1000):
+        try:
+            with open(os.path.join(top, f'fill-{n}-{i}'), 'wb') as f:
+                f.write(b'x' * 2**20)
+            written += 2**20
+        except OSError:
+            break
+libc.shm_open.restype = ctypes.c_int
+descriptor = libc.shm_open(b'/posix-shm', os.O_RDWR | os.O_CREAT, 0o600)  # a file in /dev/shm, as glibc does
+try:
+    for i in range(1000):
+        os.write(descriptor, b'x' * 2**20)
+        written += 2**20
+except OSError:
+    pass
+segment = libc.shmget(0, 100 * 2**20, 0o1600)  # IPC_PRIVATE, IPC_CREAT | 0600
+print('sysv', segment, errno.errorcode.get(ctypes.get_errno()) if segment < 0 else 'created')
+print('written', written)
+time.sleep(1)  # hold it while the test measures
+"""
+FILL_ANONYMOUS_SHARED_MEMORY = RIGHT + """import mmap, os, time
+held, written = [], 0
+for i in range(64):  # memfds (each at most disk_mb, RLIMIT_FSIZE), then a shared anonymous mapping
+    try:
+        descriptor = os.memfd_create(f'fill-{i}')
+        held.append(descriptor)
+        while written < 1024 * 2**20:
+            os.write(descriptor, b'x' * 2**20)
+            written += 2**20
+    except OSError:
+        continue
+print('written', written, flush=True)
+try:
+    shared = mmap.mmap(-1, 1024 * 2**20, flags=mmap.MAP_SHARED | mmap.MAP_ANONYMOUS)
+    for offset in range(0, len(shared), 2**20):
+        shared[offset] = 1
+except (OSError, MemoryError, ValueError) as error:
+    print(type(error).__name__)
+time.sleep(1)
+"""
+
+
+def test_host_shared_memory_does_not_grow_past_a_samples_limit(mode):
+    """Issue 19: the host's Shmem (/proc/meminfo) while a sample fills every shared memory it can reach and after
+    it. /tmp, /var/tmp, /dev/shm and POSIX shm (a file in /dev/shm) are one tmpfs of disk_mb, and a 100 MB SysV
+    segment is refused: Shmem grows by at most disk_mb, and by most of it (the measurement sees the sample). The
+    memory no path names (memfds, a shared anonymous mapping) is charged to the sample's memory cgroup: at most
+    memory_mb. Both are gone with the sample. Shmem is the whole machine's and other jobs here change it: each
+    growth gets a slack of SHMEM_SLACK_MB, and a measurement out of bounds is repeated (up to 3 times) before it
+    counts; a sample that really exceeded its limit would do so every time."""
+    if mode == "limits only":
+        pytest.skip("without namespaces the shared temporary directories are the host's (documented)")
+    limits = Limits(timeout_s=15.0, memory_mb=96, disk_mb=16, max_files=64)
+    for attempt in range(3):
+        tmpfs, tmpfs_peak, tmpfs_after = shmem_during_and_after(FILL_SHARED_TMPFS, limits)
+        assert tmpfs.passed, tmpfs
+        assert re.search(r"sysv -1 EPERM\nwritten (\d+)", tmpfs.output_tail), tmpfs.output_tail
+        written = int(re.search(r"written (\d+)", tmpfs.output_tail).group(1)) / 2**20
+        bounds = [limits.disk_mb / 2 <= written <= limits.disk_mb,
+                  written - SHMEM_SLACK_MB <= tmpfs_peak <= limits.disk_mb + SHMEM_SLACK_MB,
+                  abs(tmpfs_after) <= SHMEM_SLACK_MB]
+        if MEMORY_CGROUP is not None:
+            anonymous, anonymous_peak, anonymous_after = shmem_during_and_after(FILL_ANONYMOUS_SHARED_MEMORY, limits)
+            bounds += [anonymous_peak <= limits.memory_mb + SHMEM_SLACK_MB, abs(anonymous_after) <= SHMEM_SLACK_MB]
+        if all(bounds):
+            break
+    measured = (written, tmpfs_peak, tmpfs_after) + ((anonymous_peak, anonymous_after) if MEMORY_CGROUP else ())
+    assert all(bounds), measured

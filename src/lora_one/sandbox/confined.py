@@ -38,13 +38,14 @@ SCMP_ACT_ALLOW, SCMP_ACT_ERRNO = 0x7FFF0000, 0x00050000  # libseccomp's seccomp.
 SCMP_FLTATR_ACT_BADARCH, SCMP_CMP_EQ, NR_SCMP_ERROR = 2, 4, -1
 # Denied with EPERM in every sample process: any new task (RLIMIT_NPROC = 0 means the same, but does not bind
 # the host's root, which a sample is to the kernel in "user namespaces" forced as root), the kernel's shared
-# objects that namespaces do not separate (keyrings, SysV IPC in "limits only"), ways back to capabilities
-# (namespaces, mounts), and kernel surfaces no HumanEval program needs (io_uring, bpf, perf, tracing, other
-# processes' memory, modules).
+# objects that namespaces do not separate (keyrings; SysV IPC and POSIX message queues in "limits only"), ways
+# back to capabilities (namespaces, mounts), and kernel surfaces no HumanEval program needs (io_uring, bpf,
+# perf, tracing, other processes' memory, modules).
 DENIED_SYSCALLS = (
     "clone", "clone3", "fork", "vfork",
     "add_key", "keyctl", "request_key",
     "shmget", "shmat", "msgget", "semget",
+    "mq_open", "mq_unlink", "mq_timedsend", "mq_timedreceive", "mq_notify", "mq_getsetattr",
     "unshare", "setns",
     "mount", "umount2", "pivot_root", "fsopen", "fsmount", "fsconfig", "fspick", "move_mount", "open_tree",
     "mount_setattr",

@@ -24,7 +24,9 @@ MODES = ("namespaces", "user namespaces", "limits only")
 MODE_VARIABLE = "LORA_ONE_SANDBOX_MODE"
 UID_BASE, UID_SLOTS = 1_900_000_000, 4096  # above every ordinary and subordinate-id range
 UID_LOCKS = "/run/lora_one_sandbox_uids"
-SHARED_TMP = ("/tmp", "/var/tmp", "/dev/shm")
+# The directories every user may write on a Debian/Ubuntu host ("limits only" as root: a sample's files there are
+# removed afterwards; a file left in one would carry state to the next sample, e.g. /run/lock)
+SHARED_TMP = ("/tmp", "/var/tmp", "/dev/shm", "/run/lock")
 READ_CHUNK = 1 << 16
 VERDICT_MAX_BYTES = 1 << 16
 SHIM_GRACE_S = 5.0  # a shim kills its namespace's init at once; only a stalled machine takes longer
