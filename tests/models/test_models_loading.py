@@ -202,3 +202,29 @@ def test_saved_adapter_names_the_hub_id_of_its_base(offline_hub, tmp_path, hub_i
     card = ModelCard.load(tmp_path / "README.md")
     if hub_id:
         assert card.data.base_model == hub_id and f"base_model:adapter:{hub_id}" in card.data.tags
+
+
+def test_a_verified_gguf_cache_is_hashed_once_per_process_while_its_files_stay_unchanged(tmp_path, monkeypatch):
+    """load_tokenizer and load_model both resolve the cache: the second hashes nothing; a file written since
+    (here the GGUF, rewritten with the same bytes: only its mtime changes) is hashed and checked again."""
+    from omegaconf import OmegaConf
+
+    from lora_one.models import loading
+
+    made, source = fake_gguf_cache(tmp_path)
+    cache = made.rename(tmp_path / "model.Q4_1")  # where _converted_gguf_dir keeps model.Q4_1.gguf's cache
+    cfg = OmegaConf.create({"name": "fake", "gguf_package": None, "gguf_file": source["file"]})
+    monkeypatch.setattr(loading, "_verified_caches", {})
+    hashed = []
+    monkeypatch.setattr(loading, "sha256_of", lambda path: hashed.append(path) or sha256_of(path))
+    monkeypatch.setattr(loading, "manifest_damage", lambda path: hashed.append(path) or manifest_damage(path))
+    assert loading._converted_gguf_dir(cfg, str(tmp_path)) == str(cache)
+    first = len(hashed)
+    assert first == 2  # the GGUF, then the cache's files
+    assert loading._converted_gguf_dir(cfg, str(tmp_path)) == str(cache)
+    assert len(hashed) == first
+    gguf = tmp_path / "model.Q4_1.gguf"
+    time.sleep(0.01)
+    gguf.write_bytes(gguf.read_bytes())
+    assert loading._converted_gguf_dir(cfg, str(tmp_path)) == str(cache)
+    assert len(hashed) == 2 * first

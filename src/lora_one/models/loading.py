@@ -137,10 +137,14 @@ def _converted_gguf_dir(cfg: DictConfig, cache_dir: str) -> str:
     if not os.path.exists(gguf_path):
         raise ConfigError(f"model '{cfg.name}': GGUF file '{gguf_path}' does not exist")
     target = os.path.join(os.path.expanduser(cache_dir), os.path.splitext(os.path.basename(gguf_path))[0])
+    if os.path.exists(target) and _verified_caches.get(target) == _files_state(gguf_path, target):
+        return target
     source = {"file": gguf_path, "bytes": os.path.getsize(gguf_path), "sha256": sha256_of(gguf_path)}
     if os.path.exists(target):
+        state = _files_state(gguf_path, target)
         problem = _cache_problem(target, source)
         if problem is None:
+            _verified_caches[target] = state
             return target
         log.warning("the GGUF cache %s %s: converting it again", target, problem)
         with contextlib.suppress(FileNotFoundError):  # another process set it aside first
@@ -170,6 +174,17 @@ def _converted_gguf_dir(cfg: DictConfig, cache_dir: str) -> str:
     except OSError:  # another process finished the same conversion first
         shutil.rmtree(partial, ignore_errors=True)
     return target
+
+
+# GGUF caches verified in this process, with the state of their files then (`_files_state`): a run resolves the
+# weights twice (tokenizer, model), and hashing ~0.6 GB once is enough while no file has changed since.
+_verified_caches: dict[str, tuple] = {}
+
+
+def _files_state(gguf_path: str, cache: str) -> tuple:
+    """(path, size, mtime) of the GGUF and of every file of its cache: any rewrite, truncation or new file shows."""
+    paths = [gguf_path] + sorted(os.path.join(cache, name) for name in os.listdir(cache))
+    return tuple((path, (info := os.stat(path)).st_size, info.st_mtime_ns) for path in paths)
 
 
 def _cache_problem(cache: str, source: dict) -> str | None:
