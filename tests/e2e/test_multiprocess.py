@@ -32,3 +32,18 @@ def test_two_processes_match_one_process(tmp_path):
     assert two["train_loss_curve"][1] == pytest.approx(one["train_loss_curve"][1], rel=1e-4)  # same update too
     log = (tmp_path / "two" / "run_exp.log").read_text()
     assert log.count("init LoRA-One:") == 1  # only the main process logs
+
+
+@pytest.mark.slow
+def test_two_processes_dividing_the_svds_match_one_process(tmp_path):
+    """Without init artifacts each layer's G is reduced onto the one process that factorises it (svd_owners), and
+    its triplets are broadcast: the init adapter (LoRA-GA saves it: it moves the base) and the first steps are
+    those of one process."""
+    run = [setting for setting in RUN if not setting.startswith("init.save_artifacts")]
+    run += ["init.save_artifacts=false", "init.direction=LoRA-GA"]
+    one = run_experiment(run, tmp_path / "one")
+    two = run_torchrun(run, tmp_path / "two")
+    adapters = [load_file(tmp_path / r / "init" / "adapter" / "adapter_model.safetensors") for r in ("one", "two")]
+    assert max_abs_difference(*adapters) < 1e-5
+    assert two["eval_loss_after_init"] == pytest.approx(one["eval_loss_after_init"], rel=1e-5)
+    assert two["train_loss_curve"][0] == pytest.approx(one["train_loss_curve"][0], rel=1e-5)

@@ -11,6 +11,7 @@ from conftest import TINY, alignment, autograd_reference, build, compose_config
 from lora_one import ConfigError
 from lora_one.init import init_method
 from lora_one.init.estimators import ESTIMATORS
+from lora_one.init.estimators.streaming import svd_owners
 from lora_one.init.gradient_init import gradient_spectra
 from lora_one.models import lora_layers
 
@@ -62,3 +63,11 @@ def test_an_unknown_estimator_names_the_known_ones():
     with pytest.raises(ConfigError) as refused:
         init_method(cfg.init).check_config(cfg.init)
     assert str(refused.value) == "init.estimator 'guess' is unknown; use one of ('streaming', 'exact', 'sketch')"
+
+
+def test_svd_owners_divide_the_factorisations_by_their_cost():
+    """By hand, 2 processes, costs m·n·min(m, n): a 64 → process 0; b 32 → 1; c 27 → 1 (loads 64, 59); d 8 → 1 (59 <
+    64); one process owns everything."""
+    shapes = {"d": (2, 2), "c": (3, 3), "b": (2, 8), "a": (4, 4)}
+    assert svd_owners(shapes, 2) == {"a": 0, "b": 1, "c": 1, "d": 1}
+    assert set(svd_owners(shapes, 1).values()) == {0}

@@ -23,6 +23,7 @@ from collections.abc import Callable
 import torch
 import torch.nn.functional as F
 from accelerate import Accelerator
+from accelerate.utils import broadcast_object_list, send_to_device
 from omegaconf import DictConfig
 from peft import PeftModel
 from torch.utils.checkpoint import checkpoint
@@ -132,14 +133,26 @@ def weighted_loss_at_head(model: PeftModel, targets: torch.Tensor, weights: torc
         yield losses
 
 
+def svd_owners(shapes: dict[str, tuple[int, int]], processes: int) -> dict[str, int]:
+    """The process that factorises each layer's G: the costliest first, each to the least loaded process so far
+    (a full SVD of an m×n matrix costs ∝ m·n·min(m, n)); the same answer on every process."""
+    load, owners = [0] * processes, {}
+    for name, (m, n) in sorted(shapes.items(), key=lambda item: (-item[1][0] * item[1][1] * min(item[1]), item[0])):
+        owners[name] = min(range(processes), key=load.__getitem__)
+        load[owners[name]] += m * n * min(m, n)
+    return owners
+
+
 def streaming_spectra(model: PeftModel, batches: list[dict], accelerator: Accelerator, factorise: Factorise,
-                      seq2seq: bool, checkpointing: bool = True) -> dict[str, object]:
+                      seq2seq: bool, checkpointing: bool = True, owners: dict[str, int] | None = None
+                      ) -> dict[str, object]:
     """{layer: factorise(layer, G)} for every LoRA target weight, G as in `exact_full_gradient`, from
     one backward over this process's share of `batches`; at most about one block's G exists at once.
 
-    With several processes each layer's partial G is all-reduced (summed) inside its hook, before it
-    is factorised, so every process factorises the same G, one layer at a time. `checkpointing=False`
-    keeps all activations (faster, K micro-batches' memory)."""
+    With several processes each layer's partial G is reduced (summed) inside its hook onto the one process that
+    factorises it, `owners[layer]` (default `svd_owners`: the SVD work divided between processes, not repeated);
+    after the backward each owner's result reaches every process. `checkpointing=False` keeps all activations
+    (faster, K micro-batches' memory)."""
     K = len(batches)
     mine = batches[accelerator.process_index :: accelerator.num_processes]
     if not mine:
@@ -154,13 +167,22 @@ def streaming_spectra(model: PeftModel, batches: list[dict], accelerator: Accele
     spectra = {}
     show = accelerator.is_main_process
 
+    several = accelerator.num_processes > 1
+    if several and owners is None:
+        owners = svd_owners({name: tuple(weight.shape) for name, weight in weights_by_name.items()},
+                            accelerator.num_processes)
+
     def on_complete(param, name):
         G = param.grad.float()
         param.grad = None
-        if accelerator.num_processes > 1:
-            torch.distributed.all_reduce(G)
         if name in spectra:
             raise RuntimeError(f"the gradient of {name} was completed twice: the backward was not one pass")
+        if several:  # hooks fire in the same order on every process: the reduces pair up
+            torch.distributed.reduce(G, dst=owners[name])
+            if accelerator.process_index != owners[name]:
+                spectra[name] = None  # its owner's, after the backward
+                factorised.update()
+                return
         spectra[name] = factorise(name, G)
         factorised.update()
 
@@ -186,6 +208,11 @@ def streaming_spectra(model: PeftModel, batches: list[dict], accelerator: Accele
     missing = weights_by_name.keys() - spectra.keys()
     if missing:
         raise RuntimeError(f"no gradient reached {sorted(missing)[:3]}: these layers do not affect the loss")
+    if several:
+        for name in weights_by_name:  # the same order everywhere; via CPU: an owner's GPU is not the receiver's
+            shared = [send_to_device(spectra[name], "cpu")]
+            broadcast_object_list(shared, from_process=owners[name])
+            spectra[name] = send_to_device(shared[0], device)
     return spectra
 
 
@@ -201,5 +228,7 @@ def estimate(model: PeftModel, cfg: DictConfig, batches: list[dict], accelerator
         return spectrum(G, needed[name], cfg)
 
     checkpointing = {"auto": len(batches) > accelerator.num_processes, True: True, False: False}[cfg.checkpointing]
-    spectra = streaming_spectra(model, batches, accelerator, factorise_and_keep, seq2seq, checkpointing)
+    # init/gradients.safetensors is written by the main process: then it factorises every layer (the others wait)
+    owners = {name: 0 for name in needed} if kept is not None else None
+    spectra = streaming_spectra(model, batches, accelerator, factorise_and_keep, seq2seq, checkpointing, owners)
     return kept, spectra
