@@ -189,7 +189,7 @@ def local_task_config(task: str, data_dir: str, num_fewshot: int | None = None) 
     """The harness's own config of `task` (upstream YAML, includes and functions resolved) with its data read
     from `data_dir`: nothing else changes but the split settings the local files imply. The training split,
     read only for few-shot examples (`num_fewshot`, None: the task's own default), is left out zero-shot
-    (SST-2's is 67k rows)."""
+    (SST-2's is 67k rows); few-shot on a task without a local training split is refused before any file is read."""
     import datasets
     import lm_eval
     from lm_eval.tasks._yaml_loader import load_yaml
@@ -199,8 +199,11 @@ def local_task_config(task: str, data_dir: str, num_fewshot: int | None = None) 
     fewshot = (config.get("num_fewshot") or 0 if num_fewshot is None else num_fewshot) > 0
     for key in ("tag", "group"):  # the upstream groups the task belongs to: not run here
         config.pop(key, None)
-    splits = {name: datasets.Dataset.from_list(rows) for name, rows in local_rows(task, data_dir, fewshot).items()}
     config.update(local.splits)
+    if fewshot and not (config.get("fewshot_split") or config.get("training_split")):
+        raise ConfigError(f"lm_eval task '{task}': its local data has no training split for few-shot examples; "
+                          f"use eval.lm_eval.num_fewshot=0 (or the hub: data_dir=null, hub=true)")
+    splits = {name: datasets.Dataset.from_list(rows) for name, rows in local_rows(task, data_dir, fewshot).items()}
     if not fewshot:
         config.update(training_split=None, fewshot_split=None)
     config.pop("dataset_kwargs", None)

@@ -42,11 +42,6 @@ def is_local(task: str, cfg) -> bool:
     return cfg.data_dir is not None and task in LOCAL_TASKS
 
 
-def uses_fewshot(cfg, config: dict) -> bool:
-    shots = cfg.num_fewshot if cfg.num_fewshot is not None else config.get("num_fewshot") or 0
-    return shots > 0
-
-
 @register
 class LmEvalHarness(Benchmark):
     """EleutherAI's lm-evaluation-harness (its prompts, shots, extraction, metrics), local data offline."""
@@ -72,16 +67,10 @@ class LmEvalHarness(Benchmark):
 
     def load_items(self, cfg) -> list[dict]:
         """One item per task: its harness config with the local data read (None: the harness loads it by
-        name from the hub). Few-shot prompts need a training split, which local test sets lack."""
+        name from the hub)."""
         items = []
         for task in task_names(cfg):
-            config = None
-            if is_local(task, cfg):
-                config = local_task_config(task, cfg.data_dir, cfg.num_fewshot)
-                has_examples = config.get("fewshot_split") or config.get("training_split")
-                if uses_fewshot(cfg, config) and not has_examples:
-                    raise ConfigError(f"lm_eval task '{task}': its local data has no training split for few-shot "
-                                      f"examples; use eval.lm_eval.num_fewshot=0 (or the hub: data_dir=null, hub=true)")
+            config = local_task_config(task, cfg.data_dir, cfg.num_fewshot) if is_local(task, cfg) else None
             items.append({"id": task, "task": task, "config": config})
         return items
 

@@ -137,11 +137,11 @@ def _converted_gguf_dir(cfg: DictConfig, cache_dir: str) -> str:
     if not os.path.exists(gguf_path):
         raise ConfigError(f"model '{cfg.name}': GGUF file '{gguf_path}' does not exist")
     target = os.path.join(os.path.expanduser(cache_dir), os.path.splitext(os.path.basename(gguf_path))[0])
-    if os.path.exists(target) and _verified_caches.get(target) == _files_state(gguf_path, target):
+    state = _files_state(gguf_path, target) if os.path.exists(target) else None
+    if state is not None and _verified_caches.get(target) == state:
         return target
     source = {"file": gguf_path, "bytes": os.path.getsize(gguf_path), "sha256": sha256_of(gguf_path)}
-    if os.path.exists(target):
-        state = _files_state(gguf_path, target)
+    if state is not None:
         problem = _cache_problem(target, source)
         if problem is None:
             _verified_caches[target] = state
