@@ -285,11 +285,10 @@ def _bind_back(handles: dict[str, int], covered: str) -> None:
 def _build_dev() -> None:
     """/dev with DEVICES only (bound from the host's) and an empty shm, the mount point of the scratch tmpfs:
     no terminal, no kernel log, no GPU, no disk."""
-    handles = {name: os.open(f"/dev/{name}", os.O_PATH) for name in DEVICES}
+    handles = {f"/dev/{name}": os.open(f"/dev/{name}", os.O_PATH) for name in DEVICES}
     _mount("tmpfs", "/dev", "tmpfs", MS_NOSUID | MS_NOEXEC, "size=64k,nr_inodes=64,mode=0755")
-    for name, handle in handles.items():
-        os.close(os.open(f"/dev/{name}", os.O_CREAT | os.O_WRONLY, 0o666))
-        _mount(f"/proc/self/fd/{handle}", f"/dev/{name}", None, MS_BIND)
+    _bind_back(handles, "/dev")
+    for handle in handles.values():
         os.close(handle)
     os.mkdir("/dev/shm")
 
